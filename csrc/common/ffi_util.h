@@ -1,0 +1,69 @@
+// Helpers shared by the FFI handlers of every platform: error construction, shape access
+// and element-type dispatch.
+#pragma once
+#include <cstdint>
+#include <sstream>
+#include <string>
+#include <utility>
+
+#include "common/float_bits.h"
+#include "xla/ffi/api/ffi.h"
+
+namespace jax_hetero {
+namespace ffi = xla::ffi;
+
+template <class... Parts>
+ffi::Error op_error(const char* op, Parts&&... parts) {
+  std::ostringstream msg;
+  msg << op << ": ";
+  (msg << ... << parts);
+  return ffi::Error(ffi::ErrorCode::kInvalidArgument, msg.str());
+}
+
+inline int64_t product(ffi::Span<const int64_t> dims, size_t begin, size_t end) {
+  int64_t p = 1;
+  for (size_t i = begin; i < end; ++i) p *= dims[i];
+  return p;
+}
+
+// Leading (batch) element count of a buffer whose last `core_rank` dims are the op's own.
+template <class Buf>
+int64_t leading_size(const Buf& buf, size_t core_rank) {
+  auto dims = buf.dimensions();
+  return product(dims, 0, dims.size() - core_rank);
+}
+
+template <class Buf>
+int64_t dim_from_end(const Buf& buf, size_t i) {
+  auto dims = buf.dimensions();
+  return dims[dims.size() - 1 - i];
+}
+
+const char* dtype_name(ffi::DataType t);
+
+// Calls fn(T{}) with T the C++ storage type of a floating buffer (float, bfloat16_bits,
+// float16_bits); any other element type is an error naming op and argument.
+template <class Fn>
+ffi::Error dispatch_float(const char* op, const char* arg, ffi::DataType type, Fn&& fn) {
+  switch (type) {
+    case ffi::DataType::F32: return fn(float{});
+    case ffi::DataType::BF16: return fn(bfloat16_bits{});
+    case ffi::DataType::F16: return fn(float16_bits{});
+    default:
+      return op_error(op, arg, " must be float32, bfloat16 or float16, got ", dtype_name(type));
+  }
+}
+
+inline const char* dtype_name(ffi::DataType t) {
+  switch (t) {
+    case ffi::DataType::F32: return "float32";
+    case ffi::DataType::BF16: return "bfloat16";
+    case ffi::DataType::F16: return "float16";
+    case ffi::DataType::F64: return "float64";
+    case ffi::DataType::S32: return "int32";
+    case ffi::DataType::S64: return "int64";
+    default: return "an unsupported type";
+  }
+}
+
+}  // namespace jax_hetero

@@ -1,0 +1,70 @@
+// CPU handler for topk: rows in parallel; a long row is split into chunks whose
+// candidates are merged, so one decode row also uses every core.
+#include <vector>
+
+#include "common/ffi_util.h"
+#include "common/parallel.h"
+#include "common/registry.h"
+#include "common/topk_select.h"
+
+namespace jax_hetero {
+namespace {
+
+constexpr int64_t kMinChunk = 1 << 16;
+
+template <class T>
+void topk_rows(const T* scores, const int32_t* lengths, int64_t rows, int64_t n, int64_t k,
+               T* values, int32_t* indices) {
+  const int threads = ThreadPool::instance().num_threads();
+  const int64_t chunks_per_row =
+      rows >= threads ? 1 : std::max<int64_t>(1, std::min<int64_t>(threads / rows, n / kMinChunk));
+  std::vector<std::vector<Candidate>> partial(rows * chunks_per_row);
+  parallel_for(rows * chunks_per_row, [&](int64_t task) {
+    const int64_t row = task / chunks_per_row, chunk = task % chunks_per_row;
+    const int64_t valid = std::clamp<int64_t>(lengths[row], 0, n);
+    const int64_t begin = valid * chunk / chunks_per_row, end = valid * (chunk + 1) / chunks_per_row;
+    select_candidates(scores + row * n, begin, end, k, partial[task]);
+    if (chunks_per_row == 1) {
+      write_topk(partial[task], k, scores + row * n, values + row * k, indices + row * k);
+    }
+  });
+  if (chunks_per_row == 1) return;
+  parallel_for(rows, [&](int64_t row) {
+    std::vector<Candidate> merged;
+    for (int64_t c = 0; c < chunks_per_row; ++c) {
+      auto& part = partial[row * chunks_per_row + c];
+      merged.insert(merged.end(), part.begin(), part.end());
+    }
+    write_topk(merged, k, scores + row * n, values + row * k, indices + row * k);
+  });
+}
+
+ffi::Error topk_cpu(ffi::AnyBuffer scores, ffi::Buffer<ffi::S32> lengths,
+                    ffi::Result<ffi::AnyBuffer> values, ffi::Result<ffi::Buffer<ffi::S32>> indices,
+                    int64_t k) {
+  const int64_t n = dim_from_end(scores, 0);
+  const int64_t rows = leading_size(scores, 1);
+  if (k < 1 || k > n) return op_error("topk", "k=", k, " must satisfy 1 <= k <= n=", n);
+  if (lengths.element_count() != size_t(rows))
+    return op_error("topk", "lengths has ", lengths.element_count(), " entries, expected ", rows);
+  if (n > INT32_MAX) return op_error("topk", "rows longer than 2^31-1 entries are not supported");
+  return dispatch_float("topk", "scores", scores.element_type(), [&](auto tag) {
+    using T = decltype(tag);
+    topk_rows(reinterpret_cast<const T*>(scores.untyped_data()), lengths.typed_data(), rows, n, k,
+              reinterpret_cast<T*>(values->untyped_data()), indices->typed_data());
+    return ffi::Error::Success();
+  });
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(TopkCpu, topk_cpu,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Ret<ffi::Buffer<ffi::S32>>()
+                                  .Attr<int64_t>("k"));
+JAX_HETERO_REGISTER("topk", TopkCpu);
+
+}  // namespace jax_hetero

@@ -1,0 +1,126 @@
+"""Which compiled backends exist here, and registering their FFI targets with JAX.
+
+This is the only module that knows about the compiled extension modules.  Each module
+(``_jax_hetero_cpu``, ``_jax_hetero_cuda``, ``_jax_hetero_fpga``) exposes
+``registrations()`` -> {op name: PyCapsule}; the FFI target of op ``topk`` on backend
+``cpu`` is called ``jax_hetero_topk_cpu``.
+"""
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import importlib
+from functools import lru_cache
+
+import jax
+
+BACKENDS = ("auto", "xla", "cpu", "cuda", "fpga")
+
+# Backend name -> (extension module, XLA platforms its handlers are registered for).
+_MODULES = {
+    "cpu": ("_jax_hetero_cpu", ("cpu",)),
+    "cuda": ("_jax_hetero_cuda", ("CUDA",)),
+    "fpga": ("_jax_hetero_fpga", ("cpu", "CUDA")),
+}
+
+_BUILD_HINT = {
+    "cpu": "reinstall with `pip install .` (the CPU backend is always built)",
+    "cuda": "install on a machine with nvcc (CUDA toolkit) so `pip install .` builds it, "
+            "or force it with `JAX_HETERO_CUDA=ON pip install .`",
+    "fpga": "install Debian's libxrt-dev (XRT) before `pip install .`, "
+            "or force it with `JAX_HETERO_FPGA=ON pip install .`",
+}
+
+_current = contextvars.ContextVar("jax_hetero_backend", default="auto")
+
+
+class BackendUnavailableError(RuntimeError):
+    """An explicitly requested backend was not compiled into this installation."""
+
+
+@lru_cache(maxsize=None)
+def _load(backend: str):
+    """The extension module of `backend`, or None (with the import error) if absent."""
+    module_name, platforms = _MODULES[backend]
+    try:
+        module = importlib.import_module(f"jax_hetero.backends.{module_name}")
+    except ImportError as err:
+        return None, str(err)
+    for op, capsule in module.registrations().items():
+        for platform in platforms:
+            jax.ffi.register_ffi_target(target_name(op, backend), capsule, platform=platform)
+    return module, None
+
+
+def target_name(op: str, backend: str) -> str:
+    return f"jax_hetero_{op}_{backend}"
+
+
+def module(backend: str):
+    return _load(backend)[0]
+
+
+def ops_on(backend: str) -> frozenset[str]:
+    """The ops with a compiled handler on `backend` (empty if the backend is absent)."""
+    mod = module(backend)
+    return frozenset(mod.registrations()) if mod is not None else frozenset()
+
+
+def has(op: str, backend: str) -> bool:
+    return op in ops_on(backend)
+
+
+def require(op: str, backend: str, target: str | None = None) -> None:
+    """Raise a clear error unless `op` (handler `target`) is compiled for `backend`."""
+    mod, err = _load(backend)
+    if mod is None:
+        raise BackendUnavailableError(
+            f"{op}: backend={backend!r} was requested but jax_hetero was not compiled with "
+            f"{backend} support ({err}). To build it, {_BUILD_HINT[backend]}.")
+    if (target or op) not in mod.registrations():
+        raise BackendUnavailableError(
+            f"{op}: backend={backend!r} has no handler for this op; available there: "
+            f"{sorted(mod.registrations())}. Use backend='xla' or 'auto'.")
+
+
+def resolve(op: str, backend: str, target: str | None = None) -> str:
+    """Validate a backend argument and apply the `use_backend` context to 'auto'."""
+    if backend not in BACKENDS:
+        raise ValueError(f"{op}: backend={backend!r} is not one of {BACKENDS}")
+    if backend == "auto":
+        backend = _current.get()
+    if backend not in ("auto", "xla"):
+        require(op, backend, target)
+    return backend
+
+
+@contextlib.contextmanager
+def use_backend(backend: str):
+    """Make `backend` the default for every op called with backend='auto' in this block.
+
+    The choice is static: it applies when a function is traced, so wrap the *tracing*
+    (the first call of a jitted function), not only its execution.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"use_backend: backend={backend!r} is not one of {BACKENDS}")
+    token = _current.set(backend)
+    try:
+        yield
+    finally:
+        _current.reset(token)
+
+
+def build_info() -> dict:
+    """Which compiled backends are present, their ops and the XLA FFI API they were built for."""
+    info = {"jax": jax.__version__, "backends": {}}
+    for backend in _MODULES:
+        mod, err = _load(backend)
+        if mod is None:
+            info["backends"][backend] = {"available": False, "reason": err, "how_to_build": _BUILD_HINT[backend]}
+            continue
+        entry = {"available": True, "ops": sorted(mod.registrations()),
+                 "ffi_api_version": ".".join(map(str, mod.ffi_api_version))}
+        if hasattr(mod, "details"):
+            entry.update(mod.details())
+        info["backends"][backend] = entry
+    return info
