@@ -1,0 +1,63 @@
+"""Shared fixtures: which backends to test here, random inputs, comparisons."""
+import os
+
+# Eight host devices for the shard_map tests; must be set before JAX initialises.
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+import jax_hetero as jh  # noqa: E402
+from jax_hetero import backends  # noqa: E402
+
+from hypothesis import settings  # noqa: E402
+
+settings.register_profile("ci", max_examples=25, deadline=None, derandomize=False)
+settings.load_profile("ci")
+
+
+def compiled_backends():
+    """Compiled backends that run on the default platform of this process."""
+    platform = jax.default_backend()
+    names = {"cpu": ["cpu"], "gpu": ["cuda"], "cuda": ["cuda"]}.get(platform, [])
+    return [b for b in names if backends.module(b) is not None]
+
+
+COMPILED = compiled_backends()
+
+
+@pytest.fixture(params=COMPILED or [pytest.param("none", marks=pytest.mark.skip("no compiled backend"))])
+def backend(request):
+    return request.param
+
+
+@pytest.fixture
+def rng(request):
+    """A fresh generator per test; the seed is printed on failure for reproduction."""
+    seed = np.random.SeedSequence().entropy % (2**32)
+    request.node.user_properties.append(("seed", seed))
+    print(f"seed={seed}")
+    return np.random.default_rng(seed)
+
+
+def random_array(rng, shape, dtype=np.float32):
+    return jax.numpy.asarray(rng.standard_normal(shape, dtype=np.float32)).astype(dtype)
+
+
+def tolerance(dtype):
+    return {np.dtype(np.float32): 1e-5, np.dtype(jax.numpy.bfloat16): 2e-2,
+            np.dtype(np.float16): 2e-3}[np.dtype(dtype)]
+
+
+def assert_topk_equivalent(values, indices, ref_values, ref_indices, scores_of, rtol):
+    """Selection results agree up to near-ties: same values (within rtol), and every
+    returned index really has the returned score."""
+    values, indices = np.asarray(values, np.float32), np.asarray(indices)
+    ref_values, ref_indices = np.asarray(ref_values, np.float32), np.asarray(ref_indices)
+    np.testing.assert_allclose(values, ref_values, rtol=rtol, atol=rtol)
+    assert ((indices == -1) == (ref_indices == -1)).all(), "missing slots differ"
+    picked = np.take_along_axis(np.asarray(scores_of, np.float32), np.maximum(indices, 0), axis=-1)
+    np.testing.assert_allclose(np.where(indices >= 0, picked, -np.inf), values, rtol=rtol, atol=rtol)
+    for row_i, row_r in zip(indices.reshape(-1, indices.shape[-1]), ref_indices.reshape(-1, indices.shape[-1])):
+        assert len(set(row_i[row_i >= 0])) == (row_i >= 0).sum(), "duplicate index in a row"

@@ -1,0 +1,96 @@
+"""Bad input gets an error naming the op and the argument -- at trace time where possible,
+as JaxRuntimeError at run time otherwise -- on every backend."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jax_hetero as jh
+from jax_hetero._compat import JaxRuntimeError
+from conftest import COMPILED
+
+BACKENDS = ["xla", *COMPILED]
+x = jnp.ones((2, 10))
+q = jnp.ones((2, 4, 8))
+kv = jnp.ones((2, 32, 2, 8))
+summary = jnp.ones((2, 4, 2, 8))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("call, error, pattern", [
+    (lambda b: jh.topk(x, 11, backend=b), ValueError, r"topk: k=11 exceeds n=10"),
+    (lambda b: jh.topk(x, 0, backend=b), ValueError, r"topk: k=0 must be >= 1"),
+    (lambda b: jh.topk(x.astype(jnp.int32), 2, backend=b), TypeError, r"topk: scores must be float32"),
+    (lambda b: jh.topk(jnp.float32(1.0), 1, backend=b), ValueError, r"topk: scores must have rank >= 1"),
+    (lambda b: jh.topk(x, 2, lengths=jnp.ones(3, jnp.int32), backend=b), ValueError, r"topk: lengths must have shape \(2,\)"),
+    (lambda b: jh.topk(x, 2, lengths=jnp.ones(2), backend=b), TypeError, r"topk: lengths must be an int32"),
+    (lambda b: jh.topk(x, 2.5, backend=b), TypeError, r"topk: k must be a static Python int"),
+    (lambda b: jh.gather(jnp.ones((4, 2)), jnp.array([4]), backend=b), IndexError, r"gather: indices contains 4, outside \[0, 4\)"),
+    (lambda b: jh.gather(jnp.ones((4, 2)), jnp.array([-2]), backend=b), IndexError, r"gather: indices contains -2"),
+    (lambda b: jh.gather(jnp.ones((4, 2)), jnp.array([1.0]), backend=b), TypeError, r"gather: indices must be an int32"),
+    (lambda b: jh.summarize(kv, block_size=0, kind="mean", backend=b), ValueError, r"summarize: block_size=0 must be >= 1"),
+    (lambda b: jh.summarize(kv, block_size=4, kind="median", backend=b), ValueError, r"summarize: kind='median' is not one of"),
+    (lambda b: jh.summarize(kv[0], block_size=4, kind="mean", backend=b), ValueError, r"summarize: k must have rank 4"),
+    (lambda b: jh.relevancy(jnp.ones((2, 3, 8)), summary, kind="dot", backend=b), ValueError, r"relevancy: query heads hq=3 must be a multiple of the KV heads hkv=2"),
+    (lambda b: jh.relevancy(q, summary, kind="cosine", backend=b), ValueError, r"relevancy: kind='cosine' is not one of"),
+    (lambda b: jh.relevancy(q, summary, kind="quest", backend=b), TypeError, r"relevancy: kind='quest' needs memory=\(min, max\)"),
+    (lambda b: jh.relevancy(q, summary, kind="dot", lengths=jnp.ones(2, jnp.int32), backend=b), ValueError, r"relevancy: kind='dot' with lengths needs block_size"),
+    (lambda b: jh.relevancy(q, jnp.ones((2, 9, 8)), kind="dsa", backend=b), ValueError, r"relevancy: kind='dsa' needs weights"),
+    (lambda b: jh.relevancy(q, summary.astype(jnp.bfloat16), kind="dot", backend=b), TypeError, r"relevancy: q is float32 but memory is bfloat16"),
+    (lambda b: jh.relevancy(jnp.ones((2, 4, 7)), summary, kind="dot", backend=b), ValueError, r"relevancy: memory feature dim 8 differs"),
+    (lambda b: jh.indexer(q, summary, 5, kind="dot", backend=b), ValueError, r"indexer: k=5 exceeds the 4 scored entries"),
+    (lambda b: jh.indexer(q, summary, 2, kind="dot", block_size=-1, lengths=jnp.ones(2, jnp.int32), backend=b), ValueError, r"indexer: block_size=-1 must be >= 1"),
+    (lambda b: jh.sparse_attention(q, kv, kv, jnp.zeros((2, 2, 3), jnp.int32), block_size=0, backend=b), ValueError, r"sparse_attention: block_size=0"),
+    (lambda b: jh.sparse_attention(jnp.ones((2, 3, 8)), kv, kv, jnp.zeros((2, 2, 3), jnp.int32), block_size=8, backend=b), ValueError, r"sparse_attention: query heads hq=3"),
+    (lambda b: jh.sparse_attention(q, kv, kv, jnp.zeros((2, 3, 3), jnp.int32), block_size=8, backend=b), ValueError, r"sparse_attention: block_indices must have shape \[b, hkv, kb\]"),
+    (lambda b: jh.sparse_attention(q, kv, kv[:, :5], jnp.zeros((2, 2, 3), jnp.int32), block_size=8, backend=b), ValueError, r"sparse_attention: v must have shape"),
+    (lambda b: jh.sparse_attention(q, kv, kv, jnp.full((2, 2, 3), 4, jnp.int32), block_size=8, backend=b), IndexError, r"sparse_attention: block_indices contains 4, outside \[0, 4\)"),
+    (lambda b: jh.sparse_attention(q.astype(jnp.float16), kv, kv, jnp.zeros((2, 2, 3), jnp.int32), block_size=8, backend=b), TypeError, r"sparse_attention: q, k and v must share a dtype"),
+    (lambda b: jh.topk(x, 2, backend="tpu"), ValueError, r"topk: backend='tpu' is not one of"),
+])
+def test_trace_time_errors(backend, call, error, pattern):
+    with pytest.raises(error, match=pattern):
+        call(backend)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_gather_index_out_of_range_at_run_time(backend):
+    table = jnp.arange(8.0).reshape(4, 2)
+    f = jax.jit(lambda t, i: jh.gather(t, i, backend=backend))
+    np.testing.assert_array_equal(f(table, jnp.array([3, -1])), [[6, 7], [0, 0]])
+    with pytest.raises(JaxRuntimeError, match="gather"):
+        jax.block_until_ready(f(table, jnp.array([1, 4])))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_sparse_attention_block_out_of_range_at_run_time(backend):
+    f = jax.jit(lambda i: jh.sparse_attention(q, kv, kv, i, block_size=8, backend=backend))
+    jax.block_until_ready(f(jnp.full((2, 2, 3), 3, jnp.int32)))
+    with pytest.raises(JaxRuntimeError, match="sparse_attention"):
+        jax.block_until_ready(f(jnp.full((2, 2, 3), 4, jnp.int32)))
+
+
+def test_missing_backend_says_how_to_build():
+    missing = [b for b in ("cuda", "fpga") if jh.backends.module(b) is None]
+    if not missing:
+        pytest.skip("every backend is built here")
+    with pytest.raises(jh.BackendUnavailableError, match=r"not compiled with .* support.*To build it"):
+        jh.topk(x, 2, backend=missing[0])
+
+
+def test_build_info_reports_backends():
+    info = jh.build_info()
+    assert info["backends"]["cpu"]["available"]
+    assert info["backends"]["cpu"]["ffi_api_version"] == "0.3"
+    assert set(info["backends"]) == {"cpu", "cuda", "fpga"}
+    for entry in info["backends"].values():
+        assert entry["available"] or "how_to_build" in entry
+
+
+def test_use_backend_context():
+    with jh.use_backend("xla"):
+        text = jax.jit(lambda s: jh.topk(s, 2)).lower(x).as_text()
+    assert "jax_hetero_topk" not in text
+    with pytest.raises(ValueError, match="use_backend: backend='gpu'"):
+        with jh.use_backend("gpu"):
+            pass
