@@ -17,6 +17,11 @@ settings.register_profile("ci", max_examples=25, deadline=None, derandomize=Fals
 settings.load_profile("ci")
 
 
+if backends.module("cpu") is None:
+    raise RuntimeError("jax_hetero was imported from a tree without its compiled CPU backend "
+                       f"({jh.__file__}); install it with `pip install .` (or .ci/dev_build.sh)")
+
+
 def compiled_backends():
     """Compiled backends that run on the default platform of this process."""
     platform = jax.default_backend()
