@@ -1,9 +1,14 @@
 // Exact top-k of one row with a running threshold: one pass over the input that keeps only
-// entries beating the current k-th best, compacting the candidate buffer when it fills.
-// Order: larger order_key first, then the lower index (jax.lax.top_k's tie rule).
+// entries that can still enter the best k, compacting the candidate buffer when it fills.
+// Order: larger order key first, then the lower index (jax.lax.top_k's tie rule).
+//
+// Candidates travel packed in one uint64 (key in the high half, the bitwise complement of
+// the index in the low half), so "ranks before" is a plain integer `>`: selection and
+// sorting compare integers instead of two fields.
 #pragma once
 #include <algorithm>
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 #include "common/float_bits.h"
@@ -19,6 +24,104 @@ inline bool ranks_before(const Candidate& a, const Candidate& b) {
   return a.key != b.key ? a.key > b.key : a.index < b.index;
 }
 
+inline uint64_t pack_candidate(uint32_t key, int64_t index) {
+  return (uint64_t(key) << 32) | uint64_t(~uint32_t(index));
+}
+inline uint32_t packed_key(uint64_t packed) { return uint32_t(packed >> 32); }
+inline int32_t packed_index(uint64_t packed) { return int32_t(~uint32_t(packed)); }
+
+// order_key(to_float(x)) written without branches so that scan loops vectorise.  For
+// float16 it is an order-equivalent key taken from the half's own bits (the candidate keys
+// of one row are only compared with each other).
+inline uint32_t key_of(float x) {
+  const uint32_t b = float_to_bits(x);
+  return b ^ (uint32_t(int32_t(b) >> 31) | 0x80000000u);
+}
+inline uint32_t key_of(bfloat16_bits x) {
+  const uint32_t b = uint32_t(x.bits) << 16;
+  return b ^ (uint32_t(int32_t(b) >> 31) | 0x80000000u);
+}
+inline uint32_t key_of(float16_bits x) {
+  const uint32_t b = uint32_t(x.bits) << 16;  // same sign-magnitude layout as a float
+  return b ^ (uint32_t(int32_t(b) >> 31) | 0x80000000u);
+}
+
+// Keeps the best k of packed[0:count) in packed[0:k) (unordered); returns the new count.
+inline int64_t keep_best_packed(uint64_t* packed, int64_t count, int64_t k) {
+  if (count <= k) return count;
+  std::nth_element(packed, packed + (k - 1), packed + count, std::greater<uint64_t>());
+  return k;
+}
+
+// Appends to `out` the best k entries of x[begin, end) as packed candidates (unordered; at
+// most k of them).
+template <class T>
+void select_packed(const T* x, int64_t begin, int64_t end, int64_t k, std::vector<uint64_t>& out) {
+  constexpr int64_t kBlock = 32;
+  // Twice k: a compaction (linear in the buffer) runs only after k more entries arrived,
+  // and the threshold still follows the k-th best closely for small k.  A block and the
+  // tail may overshoot the capacity by less than a block each.
+  const int64_t capacity = 2 * k;
+  thread_local std::vector<uint64_t> storage;
+  if (int64_t(storage.size()) < capacity + 2 * kBlock) storage.resize(capacity + 2 * kBlock);
+  uint64_t* buf = storage.data();
+  int64_t count = 0, i = begin;
+  // Fill phase: take everything until the buffer holds the capacity.
+  for (const int64_t stop = std::min(end, begin + capacity); i < stop; ++i)
+    buf[count++] = pack_candidate(key_of(x[i]), i);
+  // Entries with key >= admit may still enter: the k-th best so far has a lower index than
+  // anything to come, so an equal key ranks after it.
+  uint32_t admit = 0;
+  auto compact = [&] {  // false when no later entry can enter
+    count = keep_best_packed(buf, count, k);  // count > k here, so buf[k - 1] is the k-th
+    const uint32_t kth = packed_key(buf[k - 1]);
+    if (kth == UINT32_MAX) return false;
+    admit = kth + 1;
+    return true;
+  };
+  if (i < end && !compact()) i = end;
+  for (; i + kBlock <= end; i += kBlock) {
+    uint32_t block_max = 0;
+    for (int64_t j = 0; j < kBlock; ++j) block_max = std::max(block_max, key_of(x[i + j]));
+    if (block_max < admit) continue;
+    for (int64_t j = 0; j < kBlock; ++j) {  // branch-free append of the passing entries
+      const uint32_t key = key_of(x[i + j]);
+      buf[count] = pack_candidate(key, i + j);
+      count += key >= admit;
+    }
+    if (count >= capacity && !compact()) i = end - kBlock;  // loop step ends the scan
+  }
+  for (; i < end; ++i) {
+    const uint32_t key = key_of(x[i]);
+    if (key >= admit) buf[count++] = pack_candidate(key, i);
+  }
+  count = keep_best_packed(buf, count, k);
+  out.insert(out.end(), buf, buf + count);
+}
+
+// Sorts packed candidates best first and writes k outputs; slots beyond the candidates get
+// (-inf, -1).  `sorted` says the candidates are already in order.
+template <class T>
+void write_packed(uint64_t* packed, int64_t count, int64_t k, bool sorted, const T* x, T* values,
+                  int32_t* indices) {
+  if (!sorted) {
+    count = keep_best_packed(packed, count, k);
+    std::sort(packed, packed + count, std::greater<uint64_t>());
+  }
+  const int64_t found = std::min(count, k);
+  for (int64_t j = 0; j < found; ++j) {
+    const int32_t index = packed_index(packed[j]);
+    values[j] = x[index];
+    indices[j] = index;
+  }
+  for (int64_t j = found; j < k; ++j) {
+    values[j] = from_float<T>(-__builtin_inff());
+    indices[j] = -1;
+  }
+}
+
+// --- The Candidate interface (kept for callers that hold Candidate vectors). ---
+
 // Keeps the best k of `cands` (unordered) in cands[0:k).
 inline void keep_best(std::vector<Candidate>& cands, int64_t k) {
   if (int64_t(cands.size()) <= k) return;
@@ -30,67 +133,18 @@ inline void keep_best(std::vector<Candidate>& cands, int64_t k) {
 template <class T>
 void select_candidates(const T* x, int64_t begin, int64_t end, int64_t k,
                        std::vector<Candidate>& out) {
-  std::vector<Candidate> buf;
-  const int64_t capacity = std::max<int64_t>(2 * k, k + 1024);
-  buf.reserve(capacity);
-  int64_t i = begin;
-  // Fill phase: take everything until the buffer holds k entries.
-  for (; i < end && int64_t(buf.size()) < capacity; ++i)
-    buf.push_back({order_key(to_float(x[i])), int32_t(i)});
-  keep_best(buf, k);
-  uint32_t threshold = 0;
-  auto refresh_threshold = [&] {
-    threshold = buf.empty() ? 0 : std::min_element(buf.begin(), buf.end(), [](auto& a, auto& b) {
-      return a.key < b.key;
-    })->key;
-  };
-  refresh_threshold();
-  const bool full = int64_t(buf.size()) >= k;
-  if (!full) {  // fewer than k entries in the range
-    out.insert(out.end(), buf.begin(), buf.end());
-    return;
-  }
-  // Filter phase: an entry with key <= threshold and a larger index can never enter.
-  constexpr int64_t kBlock = 16;
-  for (; i < end;) {
-    if (i + kBlock <= end) {
-      uint32_t block_max = 0;
-      for (int64_t j = 0; j < kBlock; ++j) block_max = std::max(block_max, order_key(to_float(x[i + j])));
-      if (block_max <= threshold) {
-        i += kBlock;
-        continue;
-      }
-    }
-    const int64_t stop = std::min(end, i + kBlock);
-    for (; i < stop; ++i) {
-      const uint32_t key = order_key(to_float(x[i]));
-      if (key > threshold) {
-        buf.push_back({key, int32_t(i)});
-        if (int64_t(buf.size()) >= capacity) {
-          keep_best(buf, k);
-          refresh_threshold();
-        }
-      }
-    }
-  }
-  keep_best(buf, k);
-  out.insert(out.end(), buf.begin(), buf.end());
+  std::vector<uint64_t> packed;
+  select_packed(x, begin, end, k, packed);
+  for (uint64_t p : packed) out.push_back({packed_key(p), packed_index(p)});
 }
 
 // Sorts the candidates and writes k outputs; slots beyond the candidates get (-inf, -1).
 template <class T>
 void write_topk(std::vector<Candidate>& cands, int64_t k, const T* x, T* values, int32_t* indices) {
-  keep_best(cands, k);
-  std::sort(cands.begin(), cands.end(), ranks_before);
-  const int64_t found = int64_t(cands.size());
-  for (int64_t j = 0; j < found; ++j) {
-    values[j] = x[cands[j].index];
-    indices[j] = cands[j].index;
-  }
-  for (int64_t j = found; j < k; ++j) {
-    values[j] = from_float<T>(-__builtin_inff());
-    indices[j] = -1;
-  }
+  std::vector<uint64_t> packed;
+  packed.reserve(cands.size());
+  for (const Candidate& c : cands) packed.push_back(pack_candidate(c.key, c.index));
+  write_packed(packed.data(), int64_t(packed.size()), k, false, x, values, indices);
 }
 
 }  // namespace jax_hetero

@@ -1,5 +1,8 @@
-// CPU handler for topk: rows in parallel; a long row is split into chunks whose
-// candidates are merged, so one decode row also uses every core.
+// CPU handler for topk: rows in parallel; a long row is split into chunks that select and
+// sort their candidates in parallel and are then merged, so one decode row also uses every
+// core.
+#include <algorithm>
+#include <functional>
 #include <vector>
 
 #include "common/ffi_util.h"
@@ -10,6 +13,7 @@
 namespace jax_hetero {
 namespace {
 
+// Below this many entries per chunk, splitting a row costs more than it saves.
 constexpr int64_t kMinChunk = 1 << 16;
 
 template <class T>
@@ -18,24 +22,40 @@ void topk_rows(const T* scores, const int32_t* lengths, int64_t rows, int64_t n,
   const int threads = ThreadPool::instance().num_threads();
   const int64_t chunks_per_row =
       rows >= threads ? 1 : std::max<int64_t>(1, std::min<int64_t>(threads / rows, n / kMinChunk));
-  std::vector<std::vector<Candidate>> partial(rows * chunks_per_row);
+  auto valid_count = [&](int64_t row) { return std::clamp<int64_t>(lengths[row], 0, n); };
+  if (chunks_per_row == 1) {
+    parallel_for(rows, [&](int64_t row) {
+      thread_local std::vector<uint64_t> cands;
+      cands.clear();
+      const T* x = scores + row * n;
+      select_packed(x, 0, valid_count(row), k, cands);
+      write_packed(cands.data(), int64_t(cands.size()), k, false, x, values + row * k,
+                   indices + row * k);
+    });
+    return;
+  }
+  std::vector<std::vector<uint64_t>> partial(rows * chunks_per_row);
   parallel_for(rows * chunks_per_row, [&](int64_t task) {
     const int64_t row = task / chunks_per_row, chunk = task % chunks_per_row;
-    const int64_t valid = std::clamp<int64_t>(lengths[row], 0, n);
-    const int64_t begin = valid * chunk / chunks_per_row, end = valid * (chunk + 1) / chunks_per_row;
-    select_candidates(scores + row * n, begin, end, k, partial[task]);
-    if (chunks_per_row == 1) {
-      write_topk(partial[task], k, scores + row * n, values + row * k, indices + row * k);
-    }
+    const int64_t valid = valid_count(row);
+    auto& part = partial[task];
+    select_packed(scores + row * n, valid * chunk / chunks_per_row,
+                  valid * (chunk + 1) / chunks_per_row, k, part);
+    std::sort(part.begin(), part.end(), std::greater<uint64_t>());
   });
-  if (chunks_per_row == 1) return;
   parallel_for(rows, [&](int64_t row) {
-    std::vector<Candidate> merged;
-    for (int64_t c = 0; c < chunks_per_row; ++c) {
-      auto& part = partial[row * chunks_per_row + c];
-      merged.insert(merged.end(), part.begin(), part.end());
+    // Chunks hold disjoint indices, so merging their sorted lists keeps the total order.
+    std::vector<uint64_t> merged = std::move(partial[row * chunks_per_row]), next;
+    for (int64_t c = 1; c < chunks_per_row; ++c) {
+      const auto& part = partial[row * chunks_per_row + c];
+      next.resize(merged.size() + part.size());
+      std::merge(merged.begin(), merged.end(), part.begin(), part.end(), next.begin(),
+                 std::greater<uint64_t>());
+      next.resize(std::min<size_t>(next.size(), size_t(k)));
+      std::swap(merged, next);
     }
-    write_topk(merged, k, scores + row * n, values + row * k, indices + row * k);
+    write_packed(merged.data(), int64_t(merged.size()), k, true, scores + row * n,
+                 values + row * k, indices + row * k);
   });
 }
 
