@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import importlib
+import os
 from functools import lru_cache
 
 import jax
@@ -45,11 +46,20 @@ def _load(backend: str):
     try:
         module = importlib.import_module(f"jax_hetero.backends.{module_name}")
     except ImportError as err:
-        return None, str(err)
+        return None, _explain_import_error(err)
     for op, capsule in module.registrations().items():
         for platform in platforms:
             jax.ffi.register_ffi_target(target_name(op, backend), capsule, platform=platform)
     return module, None
+
+
+def _explain_import_error(err: ImportError) -> str:
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if os.path.exists(os.path.join(here, os.pardir, "pyproject.toml")):
+        return (f"{err}; jax_hetero was imported from the source tree {here}, which holds no "
+                f"compiled modules: run from another directory to use the installed package, "
+                f"or build in place with .ci/dev_build.sh")
+    return str(err)
 
 
 def target_name(op: str, backend: str) -> str:
