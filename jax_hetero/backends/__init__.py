@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import glob
 import importlib
 import os
 from functools import lru_cache
@@ -55,7 +56,8 @@ def _load(backend: str):
 
 def _explain_import_error(err: ImportError) -> str:
     here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    if os.path.exists(os.path.join(here, os.pardir, "pyproject.toml")):
+    built = glob.glob(os.path.join(here, "backends", "_jax_hetero_*"))
+    if not built and os.path.exists(os.path.join(here, os.pardir, "pyproject.toml")):
         return (f"{err}; jax_hetero was imported from the source tree {here}, which holds no "
                 f"compiled modules: run from another directory to use the installed package, "
                 f"or build in place with .ci/dev_build.sh")
