@@ -1,0 +1,328 @@
+// Relevancy scoring kernels (Quest/LServe bound, block dot product, DSA lightning indexer),
+// shared by the relevancy and indexer handlers so that both compute every score with the same
+// instructions in the same order: the fused indexer then equals topk(relevancy(...)) exactly.
+//
+// Every score depends only on its own entry (never on where a tile starts), so any split of
+// a row into chunks and tiles gives bit-identical scores.  The hot loops are written once over
+// a GCC vector type and compiled for AVX-512, AVX2+FMA and the baseline ISA; the best one the
+// CPU supports is picked once per process (JAX_HETERO_CPU_ISA=base|avx2|avx512 caps it).
+// Plain C++: no XLA, no threads.
+#pragma once
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+#include "common/float_bits.h"
+
+// The vector helpers are always inlined into ISA-specific functions, so the ABI note GCC
+// gives for wide vector returns (reported at the end of the including file) is moot.
+#pragma GCC diagnostic ignored "-Wpsabi"
+
+namespace jax_hetero {
+namespace scoring {
+
+typedef float f32x4 __attribute__((vector_size(16)));
+typedef float f32x8 __attribute__((vector_size(32)));
+typedef float f32x16 __attribute__((vector_size(64)));
+
+#define JH_INLINE __attribute__((always_inline)) inline
+#define JH_TARGET_AVX512 __attribute__((target("avx512f,avx512vl,avx2,fma")))
+#define JH_TARGET_AVX2 __attribute__((target("avx2,fma")))
+
+enum class Isa { kBase, kAvx2, kAvx512 };
+
+inline Isa best_isa() {
+  static const Isa isa = [] {
+    __builtin_cpu_init();
+    Isa best = Isa::kBase;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) best = Isa::kAvx2;
+    if (best == Isa::kAvx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl"))
+      best = Isa::kAvx512;
+    if (const char* cap = std::getenv("JAX_HETERO_CPU_ISA")) {
+      const std::string s = cap;
+      if (s == "base") best = Isa::kBase;
+      if (s == "avx2" && best == Isa::kAvx512) best = Isa::kAvx2;
+    }
+    return best;
+  }();
+  return isa;
+}
+
+template <class V> constexpr int kLanes = int(sizeof(V) / sizeof(float));
+
+template <class V> JH_INLINE V load(const float* p) {
+  V v;
+  std::memcpy(&v, p, sizeof(V));
+  return v;
+}
+template <class V> JH_INLINE void store(float* p, V v) { std::memcpy(p, &v, sizeof(V)); }
+
+template <class V> JH_INLINE float lane_sum(V v) {
+  float s = 0.0f;
+  for (int l = 0; l < kLanes<V>; ++l) s += v[l];
+  return s;
+}
+
+// max that returns NaN when either side is NaN (jnp.maximum), unlike maxps.
+template <class V> JH_INLINE V nan_max(V a, V b) {
+  const V m = a > b ? a : b;
+  return a != a ? a : m;
+}
+JH_INLINE float nan_max(float a, float b) { return a != a ? a : (a > b ? a : b); }
+
+// ReLU that keeps NaN (jax.nn.relu is max(x, 0)).
+template <class V> JH_INLINE V relu(V x) {
+  const V zero = {};
+  return x < zero ? zero : x;
+}
+
+// Float32 view of n contiguous elements: the input itself for float, else converted into dst.
+template <class T> JH_INLINE const float* as_float(const T* src, int64_t n, float* dst) {
+  if constexpr (std::is_same_v<T, float>) {
+    return src;
+  } else {
+    for (int64_t i = 0; i < n; ++i) dst[i] = to_float(src[i]);
+    return dst;
+  }
+}
+
+template <class V> JH_INLINE float dot(const float* a, const float* b, int64_t d) {
+  constexpr int L = kLanes<V>;
+  V acc0 = {}, acc1 = {};
+  int64_t i = 0;
+  for (; i + 2 * L <= d; i += 2 * L) {
+    acc0 += load<V>(a + i) * load<V>(b + i);
+    acc1 += load<V>(a + i + L) * load<V>(b + i + L);
+  }
+  for (; i + L <= d; i += L) acc0 += load<V>(a + i) * load<V>(b + i);
+  float s = lane_sum(acc0 + acc1);
+  for (; i < d; ++i) s += a[i] * b[i];
+  return s;
+}
+
+// --- dot: score = (sum of the group's query heads) . summary ------------------------------
+// Block kinds: entries of one row (batch, KV head) lie `stride` elements apart.
+template <class V, class T>
+JH_INLINE void dot_tile_impl(const float* qsum, const T* entries, int64_t stride, int64_t d,
+                             int64_t begin, int64_t end, float* out, float* scratch) {
+  for (int64_t t = begin; t < end; ++t)
+    out[t - begin] = dot<V>(qsum, as_float(entries + t * stride, d, scratch), d);
+}
+
+// --- quest: score = sum_j sum_d max(q_jd * min_d, q_jd * max_d) over the group's heads j ----
+template <class V, class T>
+JH_INLINE void quest_tile_impl(const float* q, int64_t group, const T* lo_entries, const T* hi_entries,
+                               int64_t stride, int64_t d, int64_t begin, int64_t end, float* out,
+                               float* scratch) {
+  constexpr int L = kLanes<V>;
+  for (int64_t t = begin; t < end; ++t) {
+    const float* lo = as_float(lo_entries + t * stride, d, scratch);
+    const float* hi = as_float(hi_entries + t * stride, d, scratch + d);
+    V acc = {};
+    int64_t i = 0;
+    for (; i + L <= d; i += L) {
+      const V l = load<V>(lo + i), h = load<V>(hi + i);
+      for (int64_t j = 0; j < group; ++j) {
+        const V qj = load<V>(q + j * d + i);
+        acc += nan_max(qj * l, qj * h);
+      }
+    }
+    float s = lane_sum(acc);
+    for (; i < d; ++i)
+      for (int64_t j = 0; j < group; ++j) s += nan_max(q[j * d + i] * lo[i], q[j * d + i] * hi[i]);
+    out[t - begin] = s;
+  }
+}
+
+// --- dsa: score_t = sum_h w_h * ReLU(q_h . k_t) -------------------------------------------
+// Keys are copied into blocks of kTokenVectors * lanes tokens, transposed so that a vector
+// holds one feature of consecutive tokens ([block][feature][token]); the micro-kernel then
+// needs no horizontal sums and every token is computed by the same lane arithmetic.
+constexpr int kTokenVectors = 2;
+constexpr int kHeadBlock = 4;
+
+template <class V> constexpr int64_t dsa_block_tokens() { return kTokenVectors * kLanes<V>; }
+
+template <class V, class T>
+JH_INLINE void dsa_transpose(const T* keys, int64_t dim, int64_t begin, int64_t end, float* kt) {
+  constexpr int64_t BW = dsa_block_tokens<V>();
+  const int64_t count = end - begin, padded = (count + BW - 1) / BW * BW;
+  for (int64_t t = 0; t < padded; t += BW) {
+    float* block = kt + t * dim;
+    const int64_t live = count - t < BW ? count - t : BW;
+    for (int64_t lane = 0; lane < BW; ++lane) {
+      if (lane < live) {
+        const T* row = keys + (begin + t + lane) * dim;
+        for (int64_t f = 0; f < dim; ++f) block[f * BW + lane] = to_float(row[f]);
+      } else {
+        for (int64_t f = 0; f < dim; ++f) block[f * BW + lane] = 0.0f;
+      }
+    }
+  }
+}
+
+template <class V, class T>
+JH_INLINE void dsa_tile_impl(const float* q, const float* w, int64_t heads, int64_t dim, const T* keys,
+                             int64_t begin, int64_t end, float* out, float* kt) {
+  constexpr int L = kLanes<V>;
+  constexpr int64_t BW = dsa_block_tokens<V>();
+  dsa_transpose<V>(keys, dim, begin, end, kt);
+  const int64_t count = end - begin;
+  for (int64_t t = 0; t < count; t += BW) {
+    const float* kb = kt + t * dim;
+    V score[kTokenVectors] = {};
+    int64_t h = 0;
+    for (; h + kHeadBlock <= heads; h += kHeadBlock) {
+      V acc[kHeadBlock][kTokenVectors] = {};
+      const float* qh = q + h * dim;
+      for (int64_t f = 0; f < dim; ++f) {
+        V k[kTokenVectors];
+#pragma GCC unroll 4
+        for (int v = 0; v < kTokenVectors; ++v) k[v] = load<V>(kb + f * BW + v * L);
+#pragma GCC unroll 4
+        for (int j = 0; j < kHeadBlock; ++j) {
+          const float qs = qh[j * dim + f];
+#pragma GCC unroll 4
+          for (int v = 0; v < kTokenVectors; ++v) acc[j][v] += qs * k[v];
+        }
+      }
+#pragma GCC unroll 4
+      for (int j = 0; j < kHeadBlock; ++j)
+#pragma GCC unroll 4
+        for (int v = 0; v < kTokenVectors; ++v) score[v] += w[h + j] * relu(acc[j][v]);
+    }
+    for (; h < heads; ++h) {
+      V acc[kTokenVectors] = {};
+      const float* qh = q + h * dim;
+      for (int64_t f = 0; f < dim; ++f)
+#pragma GCC unroll 4
+        for (int v = 0; v < kTokenVectors; ++v) acc[v] += qh[f] * load<V>(kb + f * BW + v * L);
+#pragma GCC unroll 4
+      for (int v = 0; v < kTokenVectors; ++v) score[v] += w[h] * relu(acc[v]);
+    }
+    float lanes[BW];
+#pragma GCC unroll 4
+    for (int v = 0; v < kTokenVectors; ++v) store(lanes + v * L, score[v]);
+    const int64_t live = count - t < BW ? count - t : BW;
+    std::memcpy(out + t, lanes, sizeof(float) * live);
+  }
+}
+
+// One compiled copy of each kernel per ISA.  T is the element type of the memory operand.
+#define JH_SCORING_VARIANTS(name, params, args)                                              \
+  template <class T> JH_TARGET_AVX512 void name##_avx512 params { name##_impl<f32x16, T> args; } \
+  template <class T> JH_TARGET_AVX2 void name##_avx2 params { name##_impl<f32x8, T> args; }     \
+  template <class T> void name##_base params { name##_impl<f32x4, T> args; }                    \
+  template <class T> void name params {                                                      \
+    switch (best_isa()) {                                                                     \
+      case Isa::kAvx512: return name##_avx512<T> args;                                        \
+      case Isa::kAvx2: return name##_avx2<T> args;                                            \
+      default: return name##_base<T> args;                                                    \
+    }                                                                                         \
+  }
+
+JH_SCORING_VARIANTS(dot_tile,
+                    (const float* qsum, const T* entries, int64_t stride, int64_t d, int64_t begin,
+                     int64_t end, float* out, float* scratch),
+                    (qsum, entries, stride, d, begin, end, out, scratch))
+JH_SCORING_VARIANTS(quest_tile,
+                    (const float* q, int64_t group, const T* lo, const T* hi, int64_t stride,
+                     int64_t d, int64_t begin, int64_t end, float* out, float* scratch),
+                    (q, group, lo, hi, stride, d, begin, end, out, scratch))
+JH_SCORING_VARIANTS(dsa_tile,
+                    (const float* q, const float* w, int64_t heads, int64_t dim, const T* keys,
+                     int64_t begin, int64_t end, float* out, float* kt),
+                    (q, w, heads, dim, keys, begin, end, out, kt))
+#undef JH_SCORING_VARIANTS
+
+// Largest token block of any variant: scratch for a dsa tile is padded to it.
+constexpr int64_t kMaxBlockTokens = kTokenVectors * 16;
+
+// Per-thread buffers of one row being scored.
+struct Workspace {
+  std::vector<float> query, scratch;
+};
+
+// Scorers: prepare(row, ws) converts a row's query once; score(row, ws, begin, end, out)
+// writes the float32 scores of entries [begin, end) of that row to out[0, end - begin).
+// Rows are (batch, KV head) for the block kinds and batch for dsa.
+
+template <class T>
+struct DotScorer {
+  const T* q;        // [batch, hq, d]
+  const T* summary;  // [batch, nb, hkv, d]
+  int64_t batch, hq, hkv, nb, d;
+  static constexpr int64_t kTile = 1024;
+
+  int64_t rows() const { return batch * hkv; }
+  int64_t entries() const { return nb; }
+  int64_t batch_of(int64_t row) const { return row / hkv; }
+  void prepare(int64_t row, Workspace& ws) const {
+    const int64_t b = row / hkv, g = row % hkv, group = hq / hkv;
+    ws.query.assign(d, 0.0f);
+    ws.scratch.resize(d);
+    for (int64_t j = 0; j < group; ++j) {
+      const T* qj = q + (b * hq + g * group + j) * d;
+      for (int64_t i = 0; i < d; ++i) ws.query[i] += to_float(qj[i]);
+    }
+  }
+  void score(int64_t row, Workspace& ws, int64_t begin, int64_t end, float* out) const {
+    const int64_t b = row / hkv, g = row % hkv;
+    dot_tile<T>(ws.query.data(), summary + (b * nb * hkv + g) * d, hkv * d, d, begin, end, out,
+                ws.scratch.data());
+  }
+};
+
+template <class T>
+struct QuestScorer {
+  const T* q;       // [batch, hq, d]
+  const T *lo, *hi;  // [batch, nb, hkv, d]
+  int64_t batch, hq, hkv, nb, d;
+  static constexpr int64_t kTile = 1024;
+
+  int64_t rows() const { return batch * hkv; }
+  int64_t entries() const { return nb; }
+  int64_t batch_of(int64_t row) const { return row / hkv; }
+  void prepare(int64_t row, Workspace& ws) const {
+    const int64_t b = row / hkv, g = row % hkv, group = hq / hkv;
+    ws.query.resize(group * d);
+    ws.scratch.resize(2 * d);
+    const T* qg = q + (b * hq + g * group) * d;
+    for (int64_t i = 0; i < group * d; ++i) ws.query[i] = to_float(qg[i]);
+  }
+  void score(int64_t row, Workspace& ws, int64_t begin, int64_t end, float* out) const {
+    const int64_t b = row / hkv, g = row % hkv, offset = (b * nb * hkv + g) * d;
+    quest_tile<T>(ws.query.data(), hq / hkv, lo + offset, hi + offset, hkv * d, d, begin, end, out,
+                  ws.scratch.data());
+  }
+};
+
+template <class T>
+struct DsaScorer {
+  const T* q;          // [batch, heads, dim]
+  const T* keys;       // [batch, n, dim]
+  const float* weights;  // [batch, heads]
+  int64_t batch, heads, n, dim;
+  static constexpr int64_t kTile = 256;
+
+  int64_t rows() const { return batch; }
+  int64_t entries() const { return n; }
+  int64_t batch_of(int64_t row) const { return row; }
+  void prepare(int64_t row, Workspace& ws) const {
+    ws.query.resize(heads * dim);
+    const T* qb = q + row * heads * dim;
+    for (int64_t i = 0; i < heads * dim; ++i) ws.query[i] = to_float(qb[i]);
+    ws.scratch.resize((kTile + kMaxBlockTokens) * dim);
+  }
+  void score(int64_t row, Workspace& ws, int64_t begin, int64_t end, float* out) const {
+    dsa_tile<T>(ws.query.data(), weights + row * heads, heads, dim, keys + row * n * dim, begin, end,
+                out, ws.scratch.data());
+  }
+};
+
+}  // namespace scoring
+}  // namespace jax_hetero
+
