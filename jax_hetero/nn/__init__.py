@@ -1,0 +1,5 @@
+"""Flax NNX modules: the recipe-driven attention layer, a small decoder LM and retrieval memory."""
+from .attention import SparseAttention, causal_attention, rope
+from .decoder import Decoder, DecoderConfig, generate
+
+__all__ = ["SparseAttention", "Decoder", "DecoderConfig", "generate", "rope", "causal_attention"]

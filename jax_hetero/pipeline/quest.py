@@ -1,0 +1,58 @@
+"""quest: Quest / LServe page selection by a min-max upper bound.
+
+1. prepare    per page of `page_size` keys, the element-wise min and max
+              (``summarize(kind="minmax")``), refreshed only for the pages new tokens touch;
+2. relevancy  upper bound of q.k over each page, sum_d max(q_d min_d, q_d max_d), summed
+              over the query heads of each KV head (``relevancy(kind="quest")``) -> [b, hkv, pages];
+3. retrieve   the top ``budget // page_size`` pages per KV head (``topk``; -1 pads when the
+              context has fewer pages);
+4. apply      block-sparse decode attention over the chosen pages (``sparse_attention``).
+
+Parameters: ``page_size`` (tokens per page, default 16), ``budget`` (tokens attended, a
+multiple of page_size, default 2048 or the whole context if shorter).
+"""
+from __future__ import annotations
+
+from .. import ops
+from .attention import AttentionRecipe, AttentionShape, write_blocks
+
+import jax.numpy as jnp
+
+
+class QuestRecipe(AttentionRecipe):
+    name = "quest"
+
+    def __init__(self, shape: AttentionShape, *, page_size: int = 16, budget: int | None = None):
+        super().__init__(shape, page_size)
+        self.budget = budget if budget is not None else min(2048, self.capacity)
+        self.check_budget(self.budget)
+        self.pages = self.budget // page_size
+
+    def shapes(self):
+        s, nb = self.shape, self.num_blocks
+        return {"prepare": f"page min/max [b, {nb}, {s.num_kv_heads}, {s.head_dim}] x2 (page_size={self.block_size})",
+                "relevancy": f"upper bound q [b, {s.num_heads}, {s.head_dim}] vs pages -> [b, {s.num_kv_heads}, {nb}]",
+                "retrieve": f"top-{self.pages} pages -> [b, {s.num_kv_heads}, {self.pages}] (budget {self.budget} tokens)",
+                "apply": f"block-sparse attention over {self.pages} pages of {self.block_size}"}
+
+    def init_extra(self, batch):
+        s = self.shape
+        pages = jnp.zeros((batch, self.num_blocks, s.num_kv_heads, s.head_dim), jnp.float32)
+        return {"page_min": pages, "page_max": pages}
+
+    def update_extra(self, memory, update, position, new, backend):
+        first, (lo, hi) = self.refresh_blocks(memory, position, new, "minmax", backend)
+        memory["page_min"] = write_blocks(memory["page_min"], first, lo)
+        memory["page_max"] = write_blocks(memory["page_max"], first, hi)
+        return memory
+
+    def relevancy(self, memory, query, *, backend):
+        return ops.relevancy(query["q"], (memory["page_min"], memory["page_max"]), kind="quest",
+                             lengths=memory["length"], block_size=self.block_size, backend=backend)
+
+    def retrieve(self, memory, scores, *, backend):
+        valid = jnp.broadcast_to(self.valid_blocks(memory)[:, None], scores.shape[:-1])
+        return ops.topk(scores, self.pages, lengths=valid, backend=backend)[1]
+
+    def apply(self, memory, query, selection, *, backend):
+        return self.block_attention(memory, query, selection, self.block_size, backend)
