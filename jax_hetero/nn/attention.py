@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from ..pipeline import AttentionRecipe, AttentionShape, MemoryPipeline, make_recipe
+from ..pipeline import ATTENTION_RECIPES, AttentionRecipe, AttentionShape, MemoryPipeline, make_recipe
 
 
 def rope(x, positions, theta: float):
@@ -52,6 +52,9 @@ class SparseAttention(nnx.Module):
         self.value = dense(s.num_kv_heads * s.head_dim)
         self.out = nnx.Linear(s.num_heads * s.head_dim, s.hidden_dim, use_bias=False, rngs=rngs)
         if isinstance(recipe, str):
+            if recipe not in ATTENTION_RECIPES:
+                raise ValueError(f"SparseAttention: recipe={recipe!r} is not an attention recipe; "
+                                 f"valid choices: {tuple(ATTENTION_RECIPES)}")
             recipe = make_recipe(recipe, shape, rngs=recipe_rngs, **dict(recipe_options or {}))
         elif recipe_options:
             raise ValueError("SparseAttention: recipe_options only apply when recipe is a name")
