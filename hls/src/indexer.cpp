@@ -108,12 +108,15 @@ void score_blocks(const hetero_word_t* memory, const hetero_word_t* memory_hi, l
   }
 }
 
-// dsa: (word, head) pairs, one per cycle; logit_h = Tree<16> over the entry's words, then
-// score = Tree<64> over heads of w_h * ReLU(logit_h).
+// dsa: each word is scored against kHeadLanes heads per cycle (kHeadLanes * 32 products);
+// logit_h = Tree<16> over the entry's words, then score = Tree<64> over heads of
+// w_h * ReLU(logit_h). One entry takes words * ceil(heads / kHeadLanes) cycles to score plus
+// ceil(heads / kHeadLanes) to finish: unlike dot/quest, dsa with many heads is compute-bound.
 void score_dsa(const hetero_word_t* memory, long base, int count, int key_format, int dim, int heads,
                const RowQuery& rq, hls::stream<Scored>& out) {
   const int words = entry_words_of(dim, key_format), lanes = lanes_of(key_format);
   float partial[HETERO_MAX_HEADS][HETERO_MAX_ENTRY_WORDS];
+#pragma HLS ARRAY_PARTITION variable=partial dim=1 cyclic factor=8
 #pragma HLS ARRAY_PARTITION variable=partial dim=2 complete
   float weighted[HETERO_MAX_HEADS];
 #pragma HLS ARRAY_PARTITION variable=weighted complete
@@ -124,14 +127,22 @@ void score_dsa(const hetero_word_t* memory, long base, int count, int key_format
   for (int e = 0; e < count; ++e) {
     for (int w = 0; w < words; ++w) {
       const hetero_word_t word = memory[base + (long)e * words + w];
-      for (int h = 0; h < heads; ++h) {
+      for (int h0 = 0; h0 < heads; h0 += kHeadLanes) {
 #pragma HLS PIPELINE II=1
-        partial[h][w] = word_dot(word, rq.q[h], w * lanes, dim, key_format);
+        for (int j = 0; j < kHeadLanes; ++j) {
+#pragma HLS UNROLL
+          const int h = h0 + j;
+          if (h < heads) partial[h][w] = word_dot(word, rq.q[h], w * lanes, dim, key_format);
+        }
       }
     }
-    for (int h = 0; h < heads; ++h) {
+    for (int h0 = 0; h0 < heads; h0 += kHeadLanes) {
 #pragma HLS PIPELINE II=1
-      weighted[h] = rq.w[h] * relu(Tree<HETERO_MAX_ENTRY_WORDS>::sum(partial[h]));
+      for (int j = 0; j < kHeadLanes; ++j) {
+#pragma HLS UNROLL
+        const int h = h0 + j;
+        if (h < heads) weighted[h] = rq.w[h] * relu(Tree<HETERO_MAX_ENTRY_WORDS>::sum(partial[h]));
+      }
     }
     out.write(Scored{order_key(Tree<HETERO_MAX_HEADS>::sum(weighted)), e});
   }

@@ -11,7 +11,8 @@ namespace hetero {
 // -0.0 is the exact additive identity of IEEE addition (x + -0.0 == x for every x, including
 // +0.0 and -0.0), so padding a reduction with it never changes the sum, not even a zero's sign.
 static const float kNegZero = -0.0f;
-static const int kMaxLanes = 32;  // elements per 512-bit word for 16-bit formats
+static const int kMaxLanes = 32;   // elements per 512-bit word for 16-bit formats
+static const int kHeadLanes = 8;   // dsa heads scored in parallel (8 x 32 multipliers)
 
 inline float bits_to_float(uint32_t b) {
   union { uint32_t u; float f; } v;
