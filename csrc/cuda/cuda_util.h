@@ -1,0 +1,97 @@
+// Helpers shared by the CUDA handlers: error checking that returns ffi::Error, the device
+// of XLA's stream, scratch allocation and the top-k key order on the device.
+#pragma once
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <string>
+
+#include "common/ffi_util.h"
+
+namespace jax_hetero {
+
+inline ffi::Error cuda_error(const char* op, cudaError_t err, const char* what) {
+  return ffi::Error(ffi::ErrorCode::kInternal,
+                    std::string(op) + ": CUDA error in " + what + ": " + cudaGetErrorString(err));
+}
+
+#define JH_CUDA_CHECK(op, expr)                                                   \
+  do {                                                                            \
+    cudaError_t jh_err_ = (expr);                                                 \
+    if (jh_err_ != cudaSuccess) return ::jax_hetero::cuda_error(op, jh_err_, #expr); \
+  } while (0)
+
+#define JH_RETURN_IF_ERROR(expr)               \
+  do {                                         \
+    ::xla::ffi::Error jh_status_ = (expr);     \
+    if (jh_status_.failure()) return jh_status_; \
+  } while (0)
+
+// The device that owns XLA's stream (never assume device 0) and its SM count.
+struct DeviceInfo {
+  int device = 0;
+  int sms = 0;
+};
+
+inline ffi::Error device_info(const char* op, cudaStream_t stream, DeviceInfo* info) {
+  JH_CUDA_CHECK(op, cudaStreamGetDevice(stream, &info->device));
+  JH_CUDA_CHECK(op, cudaDeviceGetAttribute(&info->sms, cudaDevAttrMultiProcessorCount, info->device));
+  return ffi::Error::Success();
+}
+
+// Bump allocator over one ScratchAllocator allocation, so a handler asks XLA once.
+class ScratchArena {
+ public:
+  void reserve(size_t bytes) { total_ += round(bytes); }
+  ffi::Error allocate(const char* op, ffi::ScratchAllocator& scratch) {
+    if (total_ == 0) return ffi::Error::Success();
+    auto mem = scratch.Allocate(total_, 256);
+    if (!mem.has_value())
+      return op_error(op, "could not allocate ", total_, " bytes of GPU scratch memory");
+    base_ = static_cast<char*>(*mem);
+    return ffi::Error::Success();
+  }
+  template <class T>
+  T* take(size_t bytes) {
+    T* p = reinterpret_cast<T*>(base_ + used_);
+    used_ += round(bytes);
+    return p;
+  }
+
+ private:
+  static size_t round(size_t b) { return (b + 255) & ~size_t(255); }
+  size_t total_ = 0, used_ = 0;
+  char* base_ = nullptr;
+};
+
+// ---- key order on the device (same order as common/float_bits.h's order_key) ----
+// 32-bit keys; 16-bit types keep their own 16-bit key in the upper half, so radix passes
+// can stop at bit 16.
+__device__ __forceinline__ uint32_t key_of(float x) {
+  const uint32_t b = __float_as_uint(x);
+  return (b & 0x80000000u) ? ~b : (b | 0x80000000u);
+}
+__device__ __forceinline__ uint32_t key_of_bits16(uint16_t h) {
+  const uint32_t k16 = (h & 0x8000u) ? (~uint32_t(h) & 0xffffu) : (uint32_t(h) | 0x8000u);
+  return k16 << 16;
+}
+__device__ __forceinline__ uint32_t key_of(bfloat16_bits x) { return key_of_bits16(x.bits); }
+__device__ __forceinline__ uint32_t key_of(float16_bits x) { return key_of_bits16(x.bits); }
+
+__device__ __forceinline__ uint32_t bits32_of_key(uint32_t key) {
+  return (key & 0x80000000u) ? (key & 0x7fffffffu) : ~key;
+}
+__device__ __forceinline__ uint16_t bits16_of_key(uint32_t key) {
+  const uint32_t k16 = key >> 16;
+  return uint16_t((k16 & 0x8000u) ? (k16 & 0x7fffu) : (~k16 & 0xffffu));
+}
+
+// Device-side float conversions of the storage types.
+__device__ __forceinline__ float to_f32(float x) { return x; }
+__device__ __forceinline__ float to_f32(bfloat16_bits x) { return __uint_as_float(uint32_t(x.bits) << 16); }
+__device__ __forceinline__ float to_f32(float16_bits x) {
+  return __half2float(__ushort_as_half(x.bits));
+}
+
+}  // namespace jax_hetero

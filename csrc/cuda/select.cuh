@@ -1,0 +1,357 @@
+// Exact top-k selection by one thread-block cluster per (row, segment): every CTA of the
+// cluster holds its slice of the segment as 32-bit order keys in shared memory (read from
+// HBM once), the radix passes merge their histograms through distributed shared memory, and
+// the selected entries are compacted in index order.  A final level sorts the (at most
+// kSortCap) winners in rank 0; a non-final level writes them as candidates for the next one.
+//
+// A Loader fills a CTA's keys (and original indices when kHasIdx) for a range of a row:
+// raw scores (topk), candidates of an earlier level, or scores computed on the fly (indexer).
+#pragma once
+#include <cooperative_groups.h>
+
+#include <cub/block/block_radix_sort.cuh>
+#include <cub/block/block_scan.cuh>
+
+#include "cuda/cuda_util.h"
+
+namespace jax_hetero {
+namespace cg = cooperative_groups;
+
+__host__ __device__ __forceinline__ int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+__host__ __device__ __forceinline__ int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
+
+constexpr int kSelectThreads = 512;
+constexpr int kSelectWarps = kSelectThreads / 32;
+constexpr int kDigitBits = 11;
+constexpr int kBins = 1 << kDigitBits;
+constexpr int kSortCap = 2048;  // largest k of the selection path
+constexpr int kMaxLevels = 4;
+
+struct SelectParams {
+  int64_t k;
+  int64_t num_segments;   // segments per row at this level
+  int64_t segment_len;    // entries per segment (cluster size * per_cta)
+  int per_cta;            // entries per CTA (<= capacity)
+  int capacity;           // key slots in shared memory per CTA
+  int key_low_bit;        // 0 for 32-bit keys, 16 for 16-bit ones
+  bool final_level;
+  int value_bytes;        // 4 or 2: the output value type of the final level
+  uint32_t neg_inf_bits;  // -inf in that type
+  void* values;           // final: [rows, k]
+  int32_t* indices;       // final: [rows, k]
+  uint32_t* cand_keys;    // non-final: [rows, num_segments, k]
+  int32_t* cand_idx;
+};
+
+// Entries of a row that survive `levels` earlier levels with segment lengths seg_len[]:
+// every full segment yields k, the last partial one min(k, rest).
+__host__ __device__ inline int64_t surviving(int64_t valid, int levels, const int64_t* seg_len, int64_t k) {
+  for (int l = 0; l < levels; ++l) {
+    const int64_t full = valid / seg_len[l], rest = valid % seg_len[l];
+    valid = full * k + (rest < k ? rest : k);
+  }
+  return valid;
+}
+
+struct SelectSmem {
+  size_t keys, idx, hist, sort_keys, sort_idx, extra, total;
+};
+
+__host__ __device__ inline SelectSmem select_smem(int capacity, bool has_idx, size_t extra_bytes) {
+  SelectSmem s{};
+  size_t off = 0;
+  s.keys = off; off += size_t(capacity) * 4;
+  s.idx = off; off += has_idx ? size_t(capacity) * 4 : 0;
+  s.hist = off; off += 2 * kBins * 4;
+  s.sort_keys = off; off += kSortCap * 4;
+  s.sort_idx = off; off += kSortCap * 4;
+  s.extra = off; off += extra_bytes;
+  s.total = off;
+  return s;
+}
+
+using SortBlock = cub::BlockRadixSort<uint32_t, kSelectThreads, kSortCap / kSelectThreads, int32_t, 4>;
+using ScanBlock = cub::BlockScan<uint32_t, kSelectThreads>;
+// The sort reuses the histograms and the (already loaded) sort buffer, which lie back to back.
+static_assert(sizeof(SortBlock::TempStorage) <= 2 * kBins * 4 + 2 * kSortCap * 4, "sort storage too large");
+
+template <class Loader>
+__global__ void __launch_bounds__(kSelectThreads)
+select_kernel(const Loader loader, const SelectParams p) {
+  extern __shared__ __align__(16) unsigned char smem[];
+  __shared__ typename ScanBlock::TempStorage scan_storage;
+  __shared__ uint32_t s_digit, s_remaining;
+  __shared__ uint32_t s_warp_gt[kSelectWarps], s_warp_eq[kSelectWarps];
+  __shared__ uint32_t s_cta_gt, s_cta_eq;
+
+  const SelectSmem lay = select_smem(p.capacity, Loader::kHasIdx, Loader::kExtraBytes);
+  uint32_t* keys = reinterpret_cast<uint32_t*>(smem + lay.keys);
+  int32_t* idx = reinterpret_cast<int32_t*>(smem + lay.idx);
+  uint32_t* hist = reinterpret_cast<uint32_t*>(smem + lay.hist);
+  uint32_t* sort_keys = reinterpret_cast<uint32_t*>(smem + lay.sort_keys);
+  int32_t* sort_idx = reinterpret_cast<int32_t*>(smem + lay.sort_idx);
+
+  cg::cluster_group cluster = cg::this_cluster();
+  const int cs = int(cluster.num_blocks());
+  const int rank = int(cluster.block_rank());
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int64_t cluster_id = blockIdx.x / cs;
+  const int64_t row = cluster_id / p.num_segments, seg = cluster_id % p.num_segments;
+
+  const int64_t valid = loader.valid(row);
+  const int64_t seg_begin = seg * p.segment_len;
+  const int64_t seg_end = min64(valid, seg_begin + p.segment_len);
+  const int64_t begin = seg_begin + int64_t(rank) * p.per_cta;
+  const int len = int(max64(0, min64(begin + p.per_cta, seg_end) - begin));
+  loader.load(row, begin, len, keys, idx, smem + lay.extra);
+  __syncthreads();
+
+  // Radix passes: find the key T of the k'-th largest entry (k' = min(k, valid entries)).
+  uint32_t prefix = 0, prefix_mask = 0, remaining = 0, selected = 0;
+  for (int pass = 0, hi = 32; hi > p.key_low_bit; ++pass) {
+    const int lo = max(hi - kDigitBits, p.key_low_bit);
+    const uint32_t digit_mask = (1u << (hi - lo)) - 1u;
+    uint32_t* h = hist + (pass & 1) * kBins;
+    for (int b = tid; b < kBins; b += kSelectThreads) h[b] = 0;
+    __syncthreads();
+    for (int i = tid; i < len; i += kSelectThreads) {
+      const uint32_t key = keys[i];
+      if ((key & prefix_mask) == prefix) atomicAdd(&h[(key >> lo) & digit_mask], 1u);
+    }
+    cluster.sync();
+    // Thread t owns bins kBins-1-4t ... kBins-4-4t (descending), summed over the cluster.
+    uint32_t cnt[4], own = 0;
+#pragma unroll
+    for (int j = 0; j < 4; ++j) cnt[j] = 0;
+    for (int r = 0; r < cs; ++r) {
+      const uint32_t* hr = cluster.map_shared_rank(h, r);
+#pragma unroll
+      for (int j = 0; j < 4; ++j) cnt[j] += hr[kBins - 1 - (tid * 4 + j)];
+    }
+#pragma unroll
+    for (int j = 0; j < 4; ++j) own += cnt[j];
+    uint32_t before, total;
+    ScanBlock(scan_storage).ExclusiveSum(own, before, total);
+    if (pass == 0) {
+      selected = uint32_t(min64(p.k, total));
+      remaining = selected;
+    }
+    if (remaining == 0) break;  // uniform over the cluster: no valid entry
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      if (before < remaining && before + cnt[j] >= remaining) {
+        s_digit = uint32_t(kBins - 1 - (tid * 4 + j));
+        s_remaining = remaining - before;
+      }
+      before += cnt[j];
+    }
+    __syncthreads();
+    prefix |= s_digit << lo;
+    prefix_mask |= digit_mask << lo;
+    remaining = s_remaining;
+    hi = lo;
+  }
+  const uint32_t threshold = prefix;  // entries > threshold all win; `remaining` ties win
+
+  // Count, per warp of contiguous entries, those above and equal to the threshold.
+  const int warp_len = (((len + kSelectWarps - 1) / kSelectWarps) + 31) & ~31;
+  const int w_begin = min(len, warp * warp_len), w_end = min(len, w_begin + warp_len);
+  uint32_t gt = 0, eq = 0;
+  for (int base = w_begin; base < w_end; base += 32) {
+    const int i = base + lane;
+    const uint32_t key = i < w_end ? keys[i] : 0u;
+    gt += __popc(__ballot_sync(~0u, i < w_end && key > threshold));
+    eq += __popc(__ballot_sync(~0u, i < w_end && key == threshold));
+  }
+  if (lane == 0) {
+    s_warp_gt[warp] = gt;
+    s_warp_eq[warp] = eq;
+  }
+  __syncthreads();
+  if (tid == 0) {
+    uint32_t a = 0, b = 0;
+    for (int w = 0; w < kSelectWarps; ++w) a += s_warp_gt[w], b += s_warp_eq[w];
+    s_cta_gt = a;
+    s_cta_eq = b;
+  }
+  cluster.sync();
+  uint32_t gt_before = 0, eq_before = 0;
+  for (int r = 0; r < rank; ++r) {
+    gt_before += *cluster.map_shared_rank(&s_cta_gt, r);
+    eq_before += *cluster.map_shared_rank(&s_cta_eq, r);
+  }
+  for (int w = 0; w < warp; ++w) gt_before += s_warp_gt[w], eq_before += s_warp_eq[w];
+
+  // Write the winners in index order: position = winners before it.
+  uint32_t* out_keys;
+  int32_t* out_idx;
+  if (p.final_level) {
+    out_keys = cluster.map_shared_rank(sort_keys, 0);
+    out_idx = cluster.map_shared_rank(sort_idx, 0);
+  } else {
+    const int64_t slot = (row * p.num_segments + seg) * p.k;
+    out_keys = p.cand_keys + slot;
+    out_idx = p.cand_idx + slot;
+  }
+  uint32_t eq_rank = eq_before, pos = gt_before + min(eq_before, remaining);
+  const unsigned lanes_below = (1u << lane) - 1u;
+  for (int base = w_begin; base < w_end; base += 32) {
+    const int i = base + lane;
+    const uint32_t key = i < w_end ? keys[i] : 0u;
+    const bool is_eq = i < w_end && key == threshold;
+    const unsigned eq_mask = __ballot_sync(~0u, is_eq);
+    const bool win = i < w_end && (key > threshold || (is_eq && eq_rank + __popc(eq_mask & lanes_below) < remaining));
+    const unsigned win_mask = __ballot_sync(~0u, win);
+    if (win) {
+      const uint32_t at = pos + __popc(win_mask & lanes_below);
+      out_keys[at] = key;
+      out_idx[at] = Loader::kHasIdx ? idx[i] : int32_t(begin + i);
+    }
+    eq_rank += __popc(eq_mask);
+    pos += __popc(win_mask);
+  }
+  cluster.sync();  // winners are in place; no CTA touches another's memory after this
+  if (!p.final_level || rank != 0) return;
+
+  // Rank 0 sorts the winners by key, descending; stable, so ties stay in index order.
+  constexpr int kItems = kSortCap / kSelectThreads;
+  uint32_t sk[kItems];
+  int32_t si[kItems];
+#pragma unroll
+  for (int j = 0; j < kItems; ++j) {
+    const int at = tid * kItems + j;
+    sk[j] = at < int(selected) ? sort_keys[at] : 0u;  // padding sorts last (key 0, after)
+    si[j] = at < int(selected) ? sort_idx[at] : -1;
+  }
+  __syncthreads();
+  auto& sort_storage = *reinterpret_cast<typename SortBlock::TempStorage*>(hist);
+  SortBlock(sort_storage).SortDescendingBlockedToStriped(sk, si, p.key_low_bit, 32);
+#pragma unroll
+  for (int j = 0; j < kItems; ++j) {
+    const int at = j * kSelectThreads + tid;
+    if (at >= p.k) continue;
+    const bool found = at < int(selected);
+    const int64_t o = row * p.k + at;
+    if (p.value_bytes == 4) {
+      static_cast<uint32_t*>(p.values)[o] = found ? bits32_of_key(sk[j]) : p.neg_inf_bits;
+    } else {
+      static_cast<uint16_t*>(p.values)[o] = found ? bits16_of_key(sk[j]) : uint16_t(p.neg_inf_bits);
+    }
+    p.indices[o] = found ? si[j] : -1;
+  }
+}
+
+// Candidates of an earlier level: keys and original indices, [rows, m] with the first
+// surviving() entries of each row valid.
+struct PairLoader {
+  static constexpr bool kHasIdx = true;
+  static constexpr size_t kExtraBytes = 0;
+  const uint32_t* keys;
+  const int32_t* idx;
+  const int32_t* lengths;  // valid entries of the original rows
+  int64_t n;               // original row length
+  int64_t m;               // candidates per row
+  int levels;
+  int64_t seg_len[kMaxLevels];
+  int64_t k;
+
+  __device__ int64_t valid(int64_t row) const {
+    const int64_t v = min64(max64(lengths[row], 0), n);
+    return surviving(v, levels, seg_len, k);
+  }
+  __device__ void load(int64_t row, int64_t begin, int len, uint32_t* out_keys, int32_t* out_idx,
+                       unsigned char*) const {
+    const uint32_t* sk = keys + row * m + begin;
+    const int32_t* si = idx + row * m + begin;
+    for (int i = threadIdx.x; i < len; i += kSelectThreads) {
+      out_keys[i] = sk[i];
+      out_idx[i] = si[i];
+    }
+  }
+};
+
+// One level's launch geometry.
+struct LevelPlan {
+  int cluster = 1;
+  int per_cta = 0;
+  int64_t num_segments = 1;
+  int64_t segment_len = 0;
+};
+
+// Plans one level over rows x entries with `capacity` keys per CTA and clusters of at most
+// max_cluster CTAs: few rows get big clusters so one row still spreads over many SMs.
+inline LevelPlan plan_level(int64_t rows, int64_t entries, int capacity, int max_cluster, int sms) {
+  LevelPlan plan;
+  if (entries > int64_t(max_cluster) * capacity) {
+    plan.cluster = max_cluster;
+    plan.per_cta = capacity;
+    plan.segment_len = int64_t(max_cluster) * capacity;
+    plan.num_segments = (entries + plan.segment_len - 1) / plan.segment_len;
+    return plan;
+  }
+  int cs = 1;
+  while (int64_t(cs) * capacity < entries) cs *= 2;
+  while (cs < max_cluster && rows * cs < 2 * sms && entries / (2 * cs) >= 2048) cs *= 2;
+  plan.cluster = cs;
+  plan.per_cta = int((entries + cs - 1) / cs);
+  plan.segment_len = int64_t(cs) * plan.per_cta;
+  return plan;
+}
+
+// Launches select_kernel<Loader> with clusters of plan.cluster CTAs.
+template <class Loader>
+ffi::Error launch_select(const char* op, cudaStream_t stream, const Loader& loader, SelectParams p,
+                         int64_t rows, const LevelPlan& plan) {
+  auto kernel = select_kernel<Loader>;
+  const SelectSmem lay = select_smem(p.capacity, Loader::kHasIdx, Loader::kExtraBytes);
+  JH_CUDA_CHECK(op, cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(lay.total)));
+  JH_CUDA_CHECK(op, cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1));
+  p.num_segments = plan.num_segments;
+  p.segment_len = plan.segment_len;
+  p.per_cta = plan.per_cta;
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3(unsigned(rows * plan.num_segments * plan.cluster));
+  cfg.blockDim = dim3(kSelectThreads);
+  cfg.dynamicSmemBytes = lay.total;
+  cfg.stream = stream;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeClusterDimension;
+  attr[0].val.clusterDim.x = unsigned(plan.cluster);
+  attr[0].val.clusterDim.y = 1;
+  attr[0].val.clusterDim.z = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = 1;
+  JH_CUDA_CHECK(op, cudaLaunchKernelEx(&cfg, kernel, loader, p));
+  return ffi::Error::Success();
+}
+
+// Largest cluster size (16 or 8) the device can schedule for select_kernel<Loader>.
+template <class Loader>
+int max_cluster_size(int capacity) {
+  auto kernel = select_kernel<Loader>;
+  const SelectSmem lay = select_smem(capacity, Loader::kHasIdx, Loader::kExtraBytes);
+  if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(lay.total)) != cudaSuccess ||
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1) != cudaSuccess) {
+    cudaGetLastError();
+    return 8;
+  }
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3(16);
+  cfg.blockDim = dim3(kSelectThreads);
+  cfg.dynamicSmemBytes = lay.total;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeClusterDimension;
+  attr[0].val.clusterDim.x = 16;
+  attr[0].val.clusterDim.y = 1;
+  attr[0].val.clusterDim.z = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = 1;
+  int clusters = 0;
+  if (cudaOccupancyMaxActiveClusters(&clusters, kernel, &cfg) != cudaSuccess) {
+    cudaGetLastError();
+    return 8;
+  }
+  return clusters > 0 ? 16 : 8;
+}
+
+}  // namespace jax_hetero

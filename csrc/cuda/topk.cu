@@ -1,0 +1,240 @@
+// CUDA handler for topk.  k <= kSortCap: cluster radix select (select.cuh), one level when a
+// row fits the shared memory of one cluster, otherwise a first level over segments whose
+// candidates a second (third ...) level selects from.  Larger k: a stable segmented radix
+// sort of the whole rows (cub), which is exact but reads each row several times.
+#include <cub/device/device_segmented_radix_sort.cuh>
+
+#include "common/registry.h"
+#include "cuda/select.cuh"
+
+namespace jax_hetero {
+namespace {
+
+constexpr int kRawCapacity = 16384;   // keys per CTA for raw scores (64 KiB)
+constexpr int kPairCapacity = 8192;   // keys + indices per CTA for candidates (64 KiB)
+
+template <class T>
+struct RawLoader {
+  static constexpr bool kHasIdx = false;
+  static constexpr size_t kExtraBytes = 0;
+  const T* x;
+  const int32_t* lengths;
+  int64_t n;
+
+  __device__ int64_t valid(int64_t row) const { return min64(max64(lengths[row], 0), n); }
+  __device__ void load(int64_t row, int64_t begin, int len, uint32_t* keys, int32_t*, unsigned char*) const {
+    const T* src = x + row * n + begin;
+    constexpr int kVec = 16 / sizeof(T);
+    int done = 0;
+    if (reinterpret_cast<uintptr_t>(src) % 16 == 0) {
+      // 16-byte loads, four in flight per thread.
+      const uint4* v = reinterpret_cast<const uint4*>(src);
+      const int nv = len / kVec;
+      for (int base = 0; base < nv; base += 4 * kSelectThreads) {
+        uint4 r[4];
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          const int i = base + j * kSelectThreads + threadIdx.x;
+          if (i < nv) r[j] = __ldg(v + i);
+        }
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          const int i = base + j * kSelectThreads + threadIdx.x;
+          if (i >= nv) continue;
+          const T* e = reinterpret_cast<const T*>(&r[j]);
+#pragma unroll
+          for (int q = 0; q < kVec; ++q) keys[i * kVec + q] = key_of(e[q]);
+        }
+      }
+      done = nv * kVec;
+    }
+    for (int i = done + threadIdx.x; i < len; i += kSelectThreads) keys[i] = key_of(src[i]);
+  }
+};
+
+// ---- k > kSortCap: stable segmented sort of all keys ----
+template <class T>
+__global__ void full_sort_prepare(const T* x, const int32_t* lengths, int64_t rows, int64_t n,
+                                  uint32_t* keys, int32_t* idx, int* offsets) {
+  const int64_t total = rows * n;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t row = i / n, col = i % n;
+    const int64_t valid = min64(max64(lengths[row], 0), n);
+    keys[i] = col < valid ? key_of(x[i]) : 0u;  // excluded entries sort after every valid one
+    idx[i] = int32_t(col);
+    if (col == 0) offsets[row] = int(row * n);
+    if (i == total - 1) offsets[rows] = int(total);
+  }
+}
+
+template <class T>
+__global__ void full_sort_write(const uint32_t* keys, const int32_t* idx, const int32_t* lengths,
+                                int64_t rows, int64_t n, int64_t k, T* values, int32_t* indices,
+                                uint32_t neg_inf_bits) {
+  const int64_t total = rows * k;
+  for (int64_t o = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; o < total; o += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t row = o / k, j = o % k;
+    const bool found = j < min64(max64(lengths[row], 0), n);
+    const uint32_t key = keys[row * n + j];
+    if constexpr (sizeof(T) == 4) {
+      reinterpret_cast<uint32_t*>(values)[o] = found ? bits32_of_key(key) : neg_inf_bits;
+    } else {
+      reinterpret_cast<uint16_t*>(values)[o] = found ? bits16_of_key(key) : uint16_t(neg_inf_bits);
+    }
+    indices[o] = found ? idx[row * n + j] : -1;
+  }
+}
+
+template <class T>
+ffi::Error topk_full_sort(cudaStream_t stream, ffi::ScratchAllocator& scratch, const T* x,
+                          const int32_t* lengths, int64_t rows, int64_t n, int64_t k, T* values,
+                          int32_t* indices, uint32_t neg_inf_bits, const DeviceInfo& dev) {
+  const char* op = "topk";
+  if (rows * n > INT32_MAX) return op_error(op, "k=", k, " > ", kSortCap, " needs rows*n < 2^31");
+  const int total = int(rows * n);
+  const int low_bit = sizeof(T) == 2 ? 16 : 0;
+  size_t temp_bytes = 0;
+  JH_CUDA_CHECK(op, cub::DeviceSegmentedRadixSort::SortPairsDescending(
+                        nullptr, temp_bytes, static_cast<const uint32_t*>(nullptr), static_cast<uint32_t*>(nullptr),
+                        static_cast<const int32_t*>(nullptr), static_cast<int32_t*>(nullptr), total, int(rows),
+                        static_cast<const int*>(nullptr), static_cast<const int*>(nullptr), low_bit, 32, stream));
+  ScratchArena arena;
+  for (int i = 0; i < 4; ++i) arena.reserve(size_t(total) * 4);
+  arena.reserve(size_t(rows + 1) * 4);
+  arena.reserve(temp_bytes);
+  JH_RETURN_IF_ERROR(arena.allocate(op, scratch));
+  uint32_t* keys_in = arena.take<uint32_t>(size_t(total) * 4);
+  uint32_t* keys_out = arena.take<uint32_t>(size_t(total) * 4);
+  int32_t* idx_in = arena.take<int32_t>(size_t(total) * 4);
+  int32_t* idx_out = arena.take<int32_t>(size_t(total) * 4);
+  int* offsets = arena.take<int>(size_t(rows + 1) * 4);
+  void* temp = arena.take<void>(temp_bytes);
+  const int blocks = dev.sms * 8;
+  full_sort_prepare<T><<<blocks, 256, 0, stream>>>(x, lengths, rows, n, keys_in, idx_in, offsets);
+  JH_CUDA_CHECK(op, cudaGetLastError());
+  // Radix sort is stable: equal keys keep index order, the tie rule of lax.top_k.
+  JH_CUDA_CHECK(op, cub::DeviceSegmentedRadixSort::SortPairsDescending(
+                        temp, temp_bytes, keys_in, keys_out, idx_in, idx_out, total, int(rows), offsets,
+                        offsets + 1, low_bit, 32, stream));
+  full_sort_write<T><<<blocks, 256, 0, stream>>>(keys_out, idx_out, lengths, rows, n, k, values, indices,
+                                                 neg_inf_bits);
+  JH_CUDA_CHECK(op, cudaGetLastError());
+  return ffi::Error::Success();
+}
+
+template <class T>
+uint32_t neg_inf_bits() {
+  if constexpr (sizeof(T) == 4) return 0xff800000u;
+  else if constexpr (std::is_same_v<T, bfloat16_bits>) return 0xff80u;
+  else return 0xfc00u;
+}
+
+template <class T>
+ffi::Error topk_select(cudaStream_t stream, ffi::ScratchAllocator& scratch, const T* x,
+                       const int32_t* lengths, int64_t rows, int64_t n, int64_t k, T* values,
+                       int32_t* indices, const DeviceInfo& dev) {
+  const char* op = "topk";
+  SelectParams p{};
+  p.k = k;
+  p.key_low_bit = sizeof(T) == 2 ? 16 : 0;
+  p.value_bytes = int(sizeof(T));
+  p.neg_inf_bits = neg_inf_bits<T>();
+  p.values = values;
+  p.indices = indices;
+
+  static int raw_cluster[64] = {}, pair_cluster[64] = {};  // per device; 0 = not asked yet
+  const int d = dev.device & 63;
+  if (!raw_cluster[d]) raw_cluster[d] = max_cluster_size<RawLoader<T>>(kRawCapacity);
+  if (!pair_cluster[d]) pair_cluster[d] = max_cluster_size<PairLoader>(kPairCapacity);
+
+  // Plan every level first so scratch is allocated once.
+  LevelPlan plans[kMaxLevels];
+  int levels = 0;
+  int64_t entries = n;
+  for (;;) {
+    if (levels == kMaxLevels) return op_error(op, "row of ", n, " entries needs too many selection levels");
+    const bool raw = levels == 0;
+    plans[levels] = plan_level(rows, entries, raw ? kRawCapacity : kPairCapacity,
+                               raw ? raw_cluster[d] : pair_cluster[d], dev.sms);
+    const int64_t segments = plans[levels].num_segments;
+    ++levels;
+    if (segments == 1) break;
+    entries = segments * k;
+  }
+  ScratchArena arena;
+  for (int l = 0; l + 1 < levels; ++l) {
+    const size_t m = size_t(rows) * plans[l].num_segments * k;
+    arena.reserve(m * 4);
+    arena.reserve(m * 4);
+  }
+  JH_RETURN_IF_ERROR(arena.allocate(op, scratch));
+
+  PairLoader pairs{};
+  pairs.lengths = lengths;
+  pairs.n = n;
+  pairs.k = k;
+  for (int l = 0; l < levels; ++l) {
+    p.final_level = l + 1 == levels;
+    p.cand_keys = nullptr;
+    p.cand_idx = nullptr;
+    int64_t m = 0;
+    if (!p.final_level) {
+      m = plans[l].num_segments * k;
+      p.cand_keys = arena.take<uint32_t>(size_t(rows) * m * 4);
+      p.cand_idx = arena.take<int32_t>(size_t(rows) * m * 4);
+    }
+    if (l == 0) {
+      p.capacity = kRawCapacity;
+      JH_RETURN_IF_ERROR(launch_select(op, stream, RawLoader<T>{x, lengths, n}, p, rows, plans[l]));
+    } else {
+      p.capacity = kPairCapacity;
+      JH_RETURN_IF_ERROR(launch_select(op, stream, pairs, p, rows, plans[l]));
+    }
+    if (!p.final_level) {  // the next level reads these candidates
+      pairs.keys = p.cand_keys;
+      pairs.idx = p.cand_idx;
+      pairs.m = m;
+      pairs.seg_len[pairs.levels++] = plans[l].segment_len;
+    }
+  }
+  return ffi::Error::Success();
+}
+
+ffi::Error topk_cuda(cudaStream_t stream, ffi::ScratchAllocator scratch, ffi::AnyBuffer scores,
+                     ffi::Buffer<ffi::S32> lengths, ffi::Result<ffi::AnyBuffer> values,
+                     ffi::Result<ffi::Buffer<ffi::S32>> indices, int64_t k) {
+  const char* op = "topk";
+  const int64_t n = dim_from_end(scores, 0);
+  const int64_t rows = leading_size(scores, 1);
+  if (k < 1 || k > n) return op_error(op, "k=", k, " must satisfy 1 <= k <= n=", n);
+  if (lengths.element_count() != size_t(rows))
+    return op_error(op, "lengths has ", lengths.element_count(), " entries, expected ", rows);
+  if (n > INT32_MAX) return op_error(op, "rows longer than 2^31-1 entries are not supported");
+  if (rows == 0) return ffi::Error::Success();
+  DeviceInfo dev;
+  JH_RETURN_IF_ERROR(device_info(op, stream, &dev));
+  return dispatch_float(op, "scores", scores.element_type(), [&](auto tag) {
+    using T = decltype(tag);
+    const T* x = reinterpret_cast<const T*>(scores.untyped_data());
+    T* out = reinterpret_cast<T*>(values->untyped_data());
+    if (k > kSortCap)
+      return topk_full_sort(stream, scratch, x, lengths.typed_data(), rows, n, k, out, indices->typed_data(),
+                            neg_inf_bits<T>(), dev);
+    return topk_select(stream, scratch, x, lengths.typed_data(), rows, n, k, out, indices->typed_data(), dev);
+  });
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(TopkCuda, topk_cuda,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::PlatformStream<cudaStream_t>>()
+                                  .Ctx<ffi::ScratchAllocator>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Ret<ffi::Buffer<ffi::S32>>()
+                                  .Attr<int64_t>("k"));
+JAX_HETERO_REGISTER("topk", TopkCuda);
+
+}  // namespace jax_hetero
