@@ -4,6 +4,7 @@
 // xclbin the device still offers buffers (that is what XCL_EMULATION_MODE=noop tests use)
 // and refuses kernel launches with the fix.  Built only when XRT is found
 // (JAX_HETERO_WITH_XRT); otherwise make_xrt_device explains how to get it.
+#include <algorithm>
 #include <cstdlib>
 #include <string>
 
@@ -27,6 +28,8 @@ namespace jax_hetero::fpga {
 namespace {
 
 constexpr uint64_t kU55cHbmBytes = uint64_t(16) << 30;
+// XRT backs a buffer with aligned_alloc(4096, size); C11 wants size to be a multiple of it.
+size_t bo_bytes(size_t bytes) { return (std::max<size_t>(bytes, 1) + 4095) / 4096 * 4096; }
 const char* const kFallbackHint =
     " Or set JAX_HETERO_FPGA_DEVICE=emulated to run the same kernels on the emulated device.";
 
@@ -96,7 +99,7 @@ class XrtDevice : public Device {
                             " bytes requested of " + std::to_string(memory_bytes_));
     }
     try {
-      return std::make_unique<XrtBuffer>(xrt::bo(device_, bytes, xrt::bo::flags::normal, group(role)),
+      return std::make_unique<XrtBuffer>(xrt::bo(device_, bo_bytes(bytes), xrt::bo::flags::normal, group(role)),
                                          allocated_);
     } catch (const std::exception& e) {
       throw xrt_error(DeviceError::Code::kResourceExhausted,
@@ -128,12 +131,12 @@ class XrtDevice : public Device {
     guard("hetero_indexer run", [&] {
       auto query = input(indexer_, 2, l.query, size_t(l.rows * l.heads * l.dim) * sizeof(float));
       auto weights = l.weights ? input(indexer_, 3, l.weights, size_t(l.rows * l.heads) * sizeof(float))
-                               : xrt::bo(device_, 64, xrt::bo::flags::normal, indexer_.group_id(3));
+                               : xrt::bo(device_, bo_bytes(64), xrt::bo::flags::normal, indexer_.group_id(3));
       auto lengths = input(indexer_, 4, l.lengths, size_t(l.rows) * sizeof(int32_t));
       const size_t out_bytes = size_t(l.rows * l.k) * 4;
-      xrt::bo values(device_, out_bytes, xrt::bo::flags::normal, indexer_.group_id(14));
-      xrt::bo indices(device_, out_bytes, xrt::bo::flags::normal, indexer_.group_id(15));
-      xrt::bo status(device_, 64, xrt::bo::flags::normal, indexer_.group_id(16));
+      xrt::bo values(device_, bo_bytes(out_bytes), xrt::bo::flags::normal, indexer_.group_id(14));
+      xrt::bo indices(device_, bo_bytes(out_bytes), xrt::bo::flags::normal, indexer_.group_id(15));
+      xrt::bo status(device_, bo_bytes(64), xrt::bo::flags::normal, indexer_.group_id(16));
       const int kind = l.kind == IndexerKind::kDot ? HETERO_KIND_DOT
                        : l.kind == IndexerKind::kQuest ? HETERO_KIND_QUEST : HETERO_KIND_DSA;
       const int format = l.dtype == ElementType::kBF16 ? HETERO_KEYS_BF16 : HETERO_KEYS_F32;
@@ -154,10 +157,10 @@ class XrtDevice : public Device {
       auto& table = bo_of(l.table);
       const size_t row_bytes = size_t(l.row_words) * 64;
       xrt::bo rows(table, size_t(l.num_rows) * row_bytes, size_t(l.first_row) * row_bytes);
-      auto indices = input(gather_, 1, l.indices, std::max<size_t>(4, size_t(l.count) * 4));
-      const size_t out_bytes = std::max<size_t>(64, size_t(l.count) * row_bytes);
-      xrt::bo out(device_, out_bytes, xrt::bo::flags::normal, gather_.group_id(2));
-      xrt::bo status(device_, 64, xrt::bo::flags::normal, gather_.group_id(6));
+      auto indices = input(gather_, 1, l.indices, size_t(l.count) * 4);
+      const size_t out_bytes = size_t(l.count) * row_bytes;
+      xrt::bo out(device_, bo_bytes(out_bytes), xrt::bo::flags::normal, gather_.group_id(2));
+      xrt::bo status(device_, bo_bytes(64), xrt::bo::flags::normal, gather_.group_id(6));
       auto run = gather_(rows, indices, out, int(l.count), int(l.row_words), int(l.num_rows), status);
       finish(run, "hetero_gather");
       output(out, l.out, size_t(l.count) * row_bytes);
@@ -231,9 +234,9 @@ class XrtDevice : public Device {
   }
 
   xrt::bo input(const xrt::kernel& kernel, int arg, const void* data, size_t bytes) {
-    xrt::bo bo(device_, bytes, xrt::bo::flags::normal, kernel.group_id(arg));
+    xrt::bo bo(device_, bo_bytes(bytes), xrt::bo::flags::normal, kernel.group_id(arg));
     bo.write(data, bytes, 0);
-    bo.sync(XCL_BO_SYNC_BO_TO_DEVICE);
+    bo.sync(XCL_BO_SYNC_BO_TO_DEVICE, bytes, 0);
     count_to_device(bytes);
     return bo;
   }
