@@ -12,7 +12,7 @@
 Parameters: ``k`` (documents per query, default 3), ``scoring`` ("bm25" or "dense"),
 ``k1``, ``b``, ``idf`` ("lucene" or "okapi") for BM25, ``max_len`` (the model's limit on the
 assembled prompt), ``tokenizer`` (text -> model token ids; default UTF-8 bytes) and
-``embedder`` (text -> vector; default a hashed bag of words).
+``embedder`` (text -> vector; default hashed character trigrams).
 """
 from __future__ import annotations
 
@@ -36,11 +36,16 @@ def byte_tokens(text: str) -> list[int]:
     return list(text.encode("utf-8"))
 
 
-def hashed_embedding(text: str, dim: int = 256) -> np.ndarray:
-    """A deterministic, model-free text embedding: L2-normalised hashed word counts."""
+def hashed_embedding(text: str, dim: int = 512) -> np.ndarray:
+    """A deterministic, model-free text embedding: L2-normalised hashed character trigrams
+    of the words longer than three letters (so "rise" and "rises" overlap and short
+    function words do not dominate)."""
     vector = np.zeros(dim, np.float32)
     for word in tokenize(text):
-        vector[zlib.crc32(word.encode()) % dim] += 1.0
+        if len(word) > 3:
+            padded = f"<{word}>"
+            for i in range(len(padded) - 2):
+                vector[zlib.crc32(padded[i:i + 3].encode()) % dim] += 1.0
     norm = np.linalg.norm(vector)
     return vector / norm if norm else vector
 
