@@ -1,0 +1,289 @@
+"""The CUDA backend against the jnp reference (backend="xla") on the GPU.
+
+Run on a GPU machine with ``JAX_PLATFORMS=cuda python -m pytest tests/test_cuda.py -q``;
+skipped where JAX sees no CUDA device or the CUDA module was not built.
+"""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+import jax_hetero as jh
+from jax_hetero import backends
+from jax_hetero._compat import JaxRuntimeError
+
+try:
+    jax.devices("gpu")
+except RuntimeError:
+    pytest.skip("no CUDA device visible to JAX", allow_module_level=True)
+if backends.module("cuda") is None:
+    pytest.skip("jax_hetero was built without the CUDA backend", allow_module_level=True)
+
+DTYPES = [jnp.float32, jnp.bfloat16, jnp.float16]
+SPECIALS = np.array([np.nan, -np.nan, np.inf, -np.inf, 0.0, -0.0, 1.0, -1.0, 1e-30], np.float32)
+
+
+def needs(op):
+    return pytest.mark.skipif(not backends.has(op, "cuda"), reason=f"no CUDA handler for {op}")
+
+
+def assert_same_bits(got, want):
+    got, want = np.asarray(got), np.asarray(want)
+    assert got.shape == want.shape and got.dtype == want.dtype
+    view = {2: np.uint16, 4: np.uint32}[got.dtype.itemsize]
+    np.testing.assert_array_equal(got.view(view), want.view(view))
+
+
+def check_topk(scores, k, lengths=None):
+    run = jax.jit(lambda s, l, b: jh.topk(s, k, lengths=l, backend=b), static_argnums=2)
+    if lengths is None:
+        lengths = jnp.full(scores.shape[:-1], scores.shape[-1], jnp.int32)
+    values, indices = run(scores, lengths, "cuda")
+    ref_values, ref_indices = run(scores, lengths, "xla")
+    np.testing.assert_array_equal(np.asarray(indices), np.asarray(ref_indices))
+    assert_same_bits(values, ref_values)
+
+
+# ---- topk ----
+
+@settings(max_examples=40, deadline=None)
+@given(data=st.data())
+def test_topk_random(data):
+    rows = data.draw(st.integers(1, 5))
+    n = data.draw(st.sampled_from([1, 7, 100, 1000, 5000, 40_000]))
+    k = data.draw(st.integers(1, min(n, 2048)))
+    dtype = data.draw(st.sampled_from(DTYPES))
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**31)))
+    pool = data.draw(st.sampled_from(["normal", "specials", "few_values"]))
+    if pool == "normal":
+        scores = rng.standard_normal((rows, n)).astype(np.float32)
+    elif pool == "specials":
+        scores = rng.choice(SPECIALS, (rows, n))
+    else:
+        scores = rng.integers(-2, 3, (rows, n)).astype(np.float32)
+    lengths = rng.integers(0, n + 1, rows).astype(np.int32)
+    check_topk(jnp.asarray(scores).astype(dtype), k, jnp.asarray(lengths))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: jnp.dtype(d).name)
+def test_topk_edge_cases(dtype):
+    n = 3000
+    cases = {
+        "all_equal": np.ones(n, np.float32),
+        "ascending": np.arange(n, dtype=np.float32),
+        "descending": -np.arange(n, dtype=np.float32),
+        "signed_zeros": np.where(np.arange(n) % 2, 0.0, -0.0).astype(np.float32),
+        "nan_and_inf": np.tile(SPECIALS, n // len(SPECIALS) + 1)[:n],
+        "all_neg_inf": np.full(n, -np.inf, np.float32),
+    }
+    for row in cases.values():
+        for k in (1, 7, 2048, n):  # k = n takes the full-sort path
+            check_topk(jnp.asarray(row[None]).astype(dtype), k)
+    scores = jnp.asarray(np.random.default_rng(0).standard_normal((4, n)), dtype)
+    check_topk(scores, 16, jnp.array([0, 5, n, 1], jnp.int32))
+    check_topk(scores, 2500, jnp.array([0, 5, n, 2600], jnp.int32))
+
+
+@pytest.mark.parametrize("shape,k", [((1, 131_072), 2048), ((3, 300_000), 2048), ((1, 1_500_000), 16),
+                                     ((2, 1_000_000), 2048), ((64, 8192), 256), ((2, 3, 500), 5)])
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: jnp.dtype(d).name)
+def test_topk_shapes(shape, k, dtype):
+    rng = np.random.default_rng(1)
+    scores = jnp.asarray(rng.standard_normal(shape, np.float32)).astype(dtype)
+    check_topk(scores, k)
+    lengths = jnp.asarray(rng.integers(0, shape[-1] + 1, shape[:-1]).astype(np.int32))
+    check_topk(scores, k, lengths)
+
+
+def test_topk_ties_across_ctas():
+    # Many equal scores spread over the CTAs (and levels) of a row: ties go to lower indices.
+    for n, k in ((131_072, 2048), (700_000, 100)):
+        scores = jnp.asarray(np.random.default_rng(2).integers(0, 3, (2, n)).astype(np.float32))
+        check_topk(scores, k)
+        check_topk(jnp.zeros((1, n), jnp.bfloat16) - 0.0, k)
+
+
+def test_topk_vmap_and_grad():
+    scores = jax.random.normal(jax.random.key(3), (3, 4, 1000))
+    f = lambda s, b: jh.topk(s, 10, backend=b)[0].sum()
+    got = jax.jit(jax.vmap(jax.grad(f), in_axes=(0, None)), static_argnums=1)(scores, "cuda")
+    want = jax.jit(jax.vmap(jax.grad(f), in_axes=(0, None)), static_argnums=1)(scores, "xla")
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+
+
+# ---- gather ----
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: jnp.dtype(d).name)
+@pytest.mark.parametrize("row_shape", [(), (3,), (64, 2, 128), (5, 7)])
+def test_gather_matches_reference(dtype, row_shape):
+    rng = np.random.default_rng(4)
+    m = 50
+    table = jnp.asarray(rng.standard_normal((m,) + row_shape, np.float32)).astype(dtype)
+    indices = jnp.asarray(rng.integers(-1, m, (4, 9)).astype(np.int32))
+    run = jax.jit(lambda t, i, b: jh.gather(t, i, backend=b), static_argnums=2)
+    assert_same_bits(run(table, indices, "cuda"), run(table, indices, "xla"))
+
+
+def test_gather_vmap_broadcasts_table():
+    rng = np.random.default_rng(5)
+    table = jnp.asarray(rng.standard_normal((20, 16), np.float32))
+    indices = jnp.asarray(rng.integers(-1, 20, (3, 2, 6)).astype(np.int32))
+    shared = jax.jit(jax.vmap(jax.vmap(lambda i: jh.gather(table, i, backend="cuda"))))(indices)
+    np.testing.assert_array_equal(np.asarray(shared), np.asarray(jh.gather(table, indices, backend="xla")))
+    tables = jnp.asarray(rng.standard_normal((3, 20, 16), np.float32))
+    per = jax.jit(jax.vmap(lambda t, i: jh.gather(t, i, backend="cuda")))(tables, indices)
+    want = jax.vmap(lambda t, i: jh.gather(t, i, backend="xla"))(tables, indices)
+    np.testing.assert_array_equal(np.asarray(per), np.asarray(want))
+
+
+def test_gather_out_of_range_is_a_runtime_error():
+    table = jnp.ones((10, 4))
+    run = jax.jit(lambda i: jh.gather(table, i, backend="cuda"))
+    with pytest.raises(JaxRuntimeError, match="gather"):
+        run(jnp.array([1, 10], jnp.int32)).block_until_ready()
+    with pytest.raises(JaxRuntimeError, match="gather"):
+        run(jnp.array([-2, 0], jnp.int32)).block_until_ready()
+    np.testing.assert_array_equal(np.asarray(run(jnp.array([-1, 9], jnp.int32))), np.array([[0] * 4, [1] * 4]))
+
+
+def test_gather_grad():
+    table = jax.random.normal(jax.random.key(6), (30, 8))
+    indices = jnp.array([3, -1, 3, 29], jnp.int32)
+    g = lambda b: jax.grad(lambda t: (jh.gather(t, indices, backend=b) ** 2).sum())(table)
+    np.testing.assert_allclose(np.asarray(g("cuda")), np.asarray(g("xla")), rtol=1e-6)
+
+
+# ---- relevancy / indexer ----
+
+def dsa_inputs(rng, b, h, di, n, dtype):
+    q = jnp.asarray(rng.standard_normal((b, h, di), np.float32)).astype(dtype)
+    keys = jnp.asarray(rng.standard_normal((b, n, di), np.float32)).astype(dtype)
+    weights = jnp.asarray(rng.standard_normal((b, h), np.float32))
+    return q, keys, weights
+
+
+def block_inputs(rng, b, hq, hkv, d, nb, dtype):
+    q = jnp.asarray(rng.standard_normal((b, hq, d), np.float32)).astype(dtype)
+    lo = rng.standard_normal((b, nb, hkv, d), np.float32)
+    hi = lo + np.abs(rng.standard_normal((b, nb, hkv, d), np.float32))
+    return q, jnp.asarray(lo).astype(dtype), jnp.asarray(hi).astype(dtype)
+
+
+@needs("relevancy_dsa")
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: jnp.dtype(d).name)
+@pytest.mark.parametrize("h,di,n", [(64, 128, 5000), (4, 32, 300), (16, 64, 1)])
+def test_relevancy_dsa(dtype, h, di, n):
+    rng = np.random.default_rng(7)
+    q, keys, w = dsa_inputs(rng, 2, h, di, n, dtype)
+    lengths = jnp.array([n, n // 2], jnp.int32)
+    run = jax.jit(lambda b: jh.relevancy(q, keys, kind="dsa", weights=w, lengths=lengths, backend=b), static_argnums=0)
+    got, want = np.asarray(run("cuda")), np.asarray(run("xla"))
+    assert np.array_equal(np.isinf(got), np.isinf(want))
+    scale = np.abs(want[np.isfinite(want)]).max(initial=1.0)
+    np.testing.assert_allclose(np.where(np.isfinite(got), got, 0), np.where(np.isfinite(want), want, 0),
+                               atol=2e-5 * scale * (di ** 0.5))
+
+
+def check_indexer_selection(values, indices, ref_values, scores):
+    """Same top-k up to float rounding: values close, each index carries its value."""
+    values, indices, ref_values = np.asarray(values), np.asarray(indices), np.asarray(ref_values)
+    scores = np.asarray(scores)
+    assert ((indices == -1) == np.isneginf(ref_values)).all()
+    scale = np.abs(ref_values[np.isfinite(ref_values)]).max(initial=1.0)
+    np.testing.assert_allclose(np.where(indices >= 0, values, 0), np.where(indices >= 0, ref_values, 0),
+                               atol=1e-4 * scale)
+    picked = np.take_along_axis(scores, np.maximum(indices, 0), axis=-1)
+    np.testing.assert_allclose(np.where(indices >= 0, picked, 0), np.where(indices >= 0, values, 0),
+                               atol=1e-4 * scale)
+    for row in indices.reshape(-1, indices.shape[-1]):
+        assert len(set(row[row >= 0])) == (row >= 0).sum()
+
+
+@needs("indexer_dsa")
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: jnp.dtype(d).name)
+@pytest.mark.parametrize("b,h,di,n,k", [(1, 64, 128, 131_072, 2048), (2, 64, 128, 5000, 64), (3, 4, 32, 700, 700),
+                                        (1, 16, 64, 400_000, 100)])
+def test_indexer_dsa(dtype, b, h, di, n, k):
+    rng = np.random.default_rng(8)
+    q, keys, w = dsa_inputs(rng, b, h, di, n, dtype)
+    lengths = jnp.asarray(rng.integers(0, n + 1, b).astype(np.int32)).at[0].set(n)
+    values, indices = jax.jit(lambda: jh.indexer(q, keys, k, kind="dsa", weights=w, lengths=lengths, backend="cuda"))()
+    ref_values, _ = jh.indexer(q, keys, k, kind="dsa", weights=w, lengths=lengths, backend="xla")
+    scores = jh.relevancy(q, keys, kind="dsa", weights=w, backend="xla")
+    check_indexer_selection(values, indices, ref_values, scores)
+
+
+@needs("indexer_dsa")
+def test_indexer_dsa_zero_scores_tie_to_lower_index():
+    # ReLU makes many scores exactly 0: those ties must go to the lowest token index.
+    b, h, di, n = 1, 8, 64, 20_000
+    q = -jnp.abs(jax.random.normal(jax.random.key(9), (b, h, di), jnp.bfloat16))
+    keys = jnp.abs(jax.random.normal(jax.random.key(10), (b, n, di), jnp.bfloat16))
+    w = jnp.ones((b, h))
+    values, indices = jh.indexer(q, keys, 64, kind="dsa", weights=w, backend="cuda")
+    np.testing.assert_array_equal(np.asarray(indices[0]), np.arange(64))
+    np.testing.assert_array_equal(np.asarray(values), 0)
+
+
+@pytest.mark.parametrize("kind", ["dot", "quest"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: jnp.dtype(d).name)
+def test_block_relevancy_and_indexer(kind, dtype):
+    if not backends.has(f"relevancy_{kind}", "cuda"):
+        pytest.skip(f"no CUDA handler for relevancy_{kind}")
+    rng = np.random.default_rng(11)
+    b, hq, hkv, d, nb, bs = 2, 8, 2, 64, 3000, 16
+    q, lo, hi = block_inputs(rng, b, hq, hkv, d, nb, dtype)
+    memory = (lo, hi) if kind == "quest" else lo
+    lengths = jnp.array([nb * bs, 777], jnp.int32)
+    rel = lambda bk: jh.relevancy(q, memory, kind=kind, lengths=lengths, block_size=bs, backend=bk)
+    got, want = np.asarray(jax.jit(lambda: rel("cuda"))()), np.asarray(rel("xla"))
+    assert np.array_equal(np.isinf(got), np.isinf(want))
+    np.testing.assert_allclose(np.where(np.isfinite(got), got, 0), np.where(np.isfinite(want), want, 0),
+                               rtol=1e-4, atol=1e-3)
+    if backends.has(f"indexer_{kind}", "cuda"):
+        idx = lambda bk: jh.indexer(q, memory, 64, kind=kind, lengths=lengths, block_size=bs, backend=bk)
+        values, indices = jax.jit(lambda: idx("cuda"))()
+        ref_values, _ = idx("xla")
+        scores = jh.relevancy(q, memory, kind=kind, backend="xla")
+        check_indexer_selection(values, indices, ref_values, scores)
+
+
+# ---- sparse attention ----
+
+def attention_inputs(rng, b, hq, hkv, d, n, kb, bs, dtype):
+    q = jnp.asarray(rng.standard_normal((b, hq, d), np.float32)).astype(dtype)
+    k = jnp.asarray(rng.standard_normal((b, n, hkv, d), np.float32)).astype(dtype)
+    v = jnp.asarray(rng.standard_normal((b, n, hkv, d), np.float32)).astype(dtype)
+    nb = -(-n // bs)
+    block_indices = jnp.asarray(rng.integers(-1, nb, (b, hkv, kb)).astype(np.int32))
+    return q, k, v, block_indices
+
+
+@needs("sparse_attention")
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: jnp.dtype(d).name)
+@pytest.mark.parametrize("b,hq,hkv,d,n,kb,bs", [(2, 8, 2, 128, 4096, 16, 64), (1, 32, 8, 128, 131_072, 64, 64),
+                                                 (3, 4, 4, 64, 1000, 100, 1), (2, 6, 2, 32, 257, 9, 16)])
+def test_sparse_attention(dtype, b, hq, hkv, d, n, kb, bs):
+    rng = np.random.default_rng(12)
+    q, k, v, block_indices = attention_inputs(rng, b, hq, hkv, d, n, kb, bs, dtype)
+    block_indices = block_indices.at[0, 0, 1].set(block_indices[0, 0, 0])  # a duplicate counts once
+    lengths = jnp.asarray(rng.integers(0, n + 1, b).astype(np.int32)).at[0].set(n)
+    run = lambda bk: jh.sparse_attention(q, k, v, block_indices, block_size=bs, lengths=lengths, backend=bk)
+    got = np.asarray(jax.jit(lambda: run("cuda"))(), np.float32)
+    want = np.asarray(run("xla"), np.float32)
+    tol = {jnp.float32: 1e-5, jnp.bfloat16: 2e-2, jnp.float16: 2e-3}[dtype]
+    np.testing.assert_allclose(got, want, atol=tol, rtol=tol)
+
+
+@needs("sparse_attention")
+def test_sparse_attention_empty_rows_and_grad():
+    rng = np.random.default_rng(13)
+    q, k, v, block_indices = attention_inputs(rng, 2, 4, 2, 64, 512, 4, 32, jnp.float32)
+    block_indices = block_indices.at[1].set(-1)
+    out = jh.sparse_attention(q, k, v, block_indices, block_size=32, backend="cuda")
+    np.testing.assert_array_equal(np.asarray(out[1]), 0)
+    loss = lambda bk: jax.grad(lambda q, k, v: jh.sparse_attention(q, k, v, block_indices, block_size=32,
+                                                                   backend=bk).sum(), argnums=(0, 1, 2))(q, k, v)
+    for g, w in zip(loss("cuda"), loss("xla")):
+        np.testing.assert_allclose(np.asarray(g), np.asarray(w), atol=1e-5)
