@@ -57,29 +57,31 @@ void load_query(const float* query, const float* weights, int row, int kind, int
   }
 }
 
+// The elements of one word as float32 (lanes past the format's lane count are unused).
+void decode_word(const hetero_word_t& word, int key_format, float x[kMaxLanes]) {
+#pragma HLS INLINE
+  for (int l = 0; l < kMaxLanes; ++l) x[l] = l < lanes_of(key_format) ? decode(word, l, key_format) : kNegZero;
+}
+
 // One word's lane products against query vector qv (offset by the word's first element),
 // summed by Tree<32>. Lanes past dim give -0.0.
-float word_dot(const hetero_word_t& word, const float* qv, int first, int dim, int key_format) {
+float lanes_dot(const float x[kMaxLanes], const float* qv, int first, int dim, int lanes) {
 #pragma HLS INLINE
-  const int lanes = lanes_of(key_format);
   float prod[kMaxLanes];
   for (int l = 0; l < kMaxLanes; ++l) {
     const int d = first + l;
-    prod[l] = (l < lanes && d < dim) ? qv[d] * decode(word, l, key_format) : kNegZero;
+    prod[l] = (l < lanes && d < dim) ? qv[d] * x[l] : kNegZero;
   }
   return Tree<kMaxLanes>::sum(prod);
 }
 
-float word_quest(const hetero_word_t& lo, const hetero_word_t& hi, const RowQuery& rq, int first,
-                 int dim, int key_format) {
+float lanes_quest(const float lo[kMaxLanes], const float hi[kMaxLanes], const RowQuery& rq, int first, int dim,
+                  int lanes) {
 #pragma HLS INLINE
-  const int lanes = lanes_of(key_format);
   float term[kMaxLanes];
   for (int l = 0; l < kMaxLanes; ++l) {
     const int d = first + l;
-    term[l] = (l < lanes && d < dim)
-                  ? quest_term(decode(lo, l, key_format), decode(hi, l, key_format), rq.qa[d], rq.qb[d])
-                  : kNegZero;
+    term[l] = (l < lanes && d < dim) ? quest_term(lo[l], hi[l], rq.qa[d], rq.qb[d]) : kNegZero;
   }
   return Tree<kMaxLanes>::sum(term);
 }
@@ -95,9 +97,14 @@ void score_blocks(const hetero_word_t* memory, const hetero_word_t* memory_hi, l
   for (long i = 0; i < (long)count * words; ++i) {
 #pragma HLS PIPELINE II=1
     const long at = base + i;
-    const hetero_word_t lo = memory[at];
-    partial[w] = kind == HETERO_KIND_QUEST ? word_quest(lo, memory_hi[at], rq, w * lanes, dim, key_format)
-                                           : word_dot(lo, rq.qa, w * lanes, dim, key_format);
+    float lo[kMaxLanes], hi[kMaxLanes];
+    decode_word(memory[at], key_format, lo);
+    if (kind == HETERO_KIND_QUEST) {
+      decode_word(memory_hi[at], key_format, hi);
+      partial[w] = lanes_quest(lo, hi, rq, w * lanes, dim, lanes);
+    } else {
+      partial[w] = lanes_dot(lo, rq.qa, w * lanes, dim, lanes);
+    }
     if (w == words - 1) {
       out.write(Scored{order_key(Tree<HETERO_MAX_ENTRY_WORDS>::sum(partial)), e});
       ++e;
@@ -126,13 +133,14 @@ void score_dsa(const hetero_word_t* memory, long base, int count, int key_format
   }
   for (int e = 0; e < count; ++e) {
     for (int w = 0; w < words; ++w) {
-      const hetero_word_t word = memory[base + (long)e * words + w];
+      float x[kMaxLanes];
+      decode_word(memory[base + (long)e * words + w], key_format, x);
       for (int h0 = 0; h0 < heads; h0 += kHeadLanes) {
 #pragma HLS PIPELINE II=1
         for (int j = 0; j < kHeadLanes; ++j) {
 #pragma HLS UNROLL
           const int h = h0 + j;
-          if (h < heads) partial[h][w] = word_dot(word, rq.q[h], w * lanes, dim, key_format);
+          if (h < heads) partial[h][w] = lanes_dot(x, rq.q[h], w * lanes, dim, lanes);
         }
       }
     }
