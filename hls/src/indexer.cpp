@@ -31,26 +31,27 @@ int check_arguments(int kind, int key_format, float key_scale, int num_entries, 
 void load_query(const float* query, const float* weights, int row, int kind, int key_format,
                 float key_scale, int dim, int heads, RowQuery& rq) {
   const bool scaled = key_format == HETERO_KEYS_INT16;
+  int h = 0, d = 0;
   for (int i = 0; i < heads * dim; ++i) {
 #pragma HLS PIPELINE II=1
-    const int h = i / dim, d = i % dim;
     const float q = query[(long)row * heads * dim + i];
     // Unscaled formats skip the multiply so float32/bfloat16 queries stay exact.
     rq.q[h][d] = scaled ? q * key_scale : q;
+    if (++d == dim) d = 0, ++h;
   }
-  for (int h = 0; h < HETERO_MAX_HEADS; ++h) {
+  for (h = 0; h < HETERO_MAX_HEADS; ++h) {
 #pragma HLS PIPELINE II=1
     rq.w[h] = (kind == HETERO_KIND_DSA && h < heads) ? weights[(long)row * heads + h] : kNegZero;
   }
   if (kind == HETERO_KIND_DSA) return;
-  for (int d = 0; d < dim; ++d) {
+  for (d = 0; d < dim; ++d) {
 #pragma HLS PIPELINE II=1
     float all[HETERO_MAX_HEADS], pos[HETERO_MAX_HEADS], neg[HETERO_MAX_HEADS];
-    for (int h = 0; h < HETERO_MAX_HEADS; ++h) {
-      const float q = h < heads ? rq.q[h][d] : kNegZero;
-      all[h] = q;
-      pos[h] = q >= 0.0f ? q : kNegZero;
-      neg[h] = q < 0.0f ? q : kNegZero;
+    for (int g = 0; g < HETERO_MAX_HEADS; ++g) {
+      const float q = g < heads ? rq.q[g][d] : kNegZero;
+      all[g] = q;
+      pos[g] = q >= 0.0f ? q : kNegZero;
+      neg[g] = q < 0.0f ? q : kNegZero;
     }
     rq.qa[d] = kind == HETERO_KIND_QUEST ? Tree<HETERO_MAX_HEADS>::sum(pos) : Tree<HETERO_MAX_HEADS>::sum(all);
     rq.qb[d] = Tree<HETERO_MAX_HEADS>::sum(neg);

@@ -35,27 +35,36 @@ struct TopK {
   int pending_count;
 };
 
+// One merge pass: sorted runs of `width` in src[0, n) become runs of 2 * width in dst.
+inline void merge_runs(const Scored* src, Scored* dst, int n, int width) {
+  for (int lo = 0; lo < n; lo += 2 * width) {
+    const int mid = lo + width < n ? lo + width : n;
+    const int hi = lo + 2 * width < n ? lo + 2 * width : n;
+    int i = lo, j = mid;
+    for (int o = lo; o < hi; ++o) {
+#pragma HLS PIPELINE II=1
+      const bool take_left = j >= hi || (i < mid && ranks_before(src[i], src[j]));
+      dst[o] = take_left ? src[i++] : src[j++];
+    }
+  }
+}
+
+// Bottom-up merge sort of pending, ping-ponging between pending and scratch (fixed arrays,
+// no pointer swapping, so HLS maps each to its own BRAM).
 inline void sort_pending(TopK& s) {
   const int n = s.pending_count;
-  Scored* src = s.pending;
-  Scored* dst = s.scratch;
+  bool in_scratch = false;
   for (int width = 1; width < n; width *= 2) {
-    for (int lo = 0; lo < n; lo += 2 * width) {
-      const int mid = lo + width < n ? lo + width : n;
-      const int hi = lo + 2 * width < n ? lo + 2 * width : n;
-      int i = lo, j = mid;
-      for (int o = lo; o < hi; ++o) {
-#pragma HLS PIPELINE II=1
-        const bool take_left = j >= hi || (i < mid && ranks_before(src[i], src[j]));
-        dst[o] = take_left ? src[i++] : src[j++];
-      }
-    }
-    Scored* t = src; src = dst; dst = t;
+    if (in_scratch)
+      merge_runs(s.scratch, s.pending, n, width);
+    else
+      merge_runs(s.pending, s.scratch, n, width);
+    in_scratch = !in_scratch;
   }
-  if (src != s.pending)
+  if (in_scratch)
     for (int o = 0; o < n; ++o) {
 #pragma HLS PIPELINE II=1
-      s.pending[o] = src[o];
+      s.pending[o] = s.scratch[o];
     }
 }
 
@@ -79,21 +88,25 @@ inline void merge_pending(TopK& s, int k) {
 }
 
 // Consumes `count` scored entries from `in` and leaves the sorted top min(k, count) in s.best.
+// The filter loop runs at II=1 until k entries wait (or the row ends); then the sorter runs
+// while the scorer keeps filling the FIFO.
 inline void select_topk(hls::stream<Scored>& in, int count, int k, TopK& s) {
   s.best_count = 0;
   s.pending_count = 0;
   uint32_t threshold = 0;
   bool full = false;
-  for (int i = 0; i < count; ++i) {
+  int i = 0;
+  while (i < count) {
+    while (i < count && s.pending_count < k) {
 #pragma HLS PIPELINE II=1
-    const Scored x = in.read();
-    if (!full || x.key > threshold) {
-      s.pending[s.pending_count++] = x;
-      if (s.pending_count == k) {
-        merge_pending(s, k);
-        full = s.best_count == k;
-        if (full) threshold = s.best[k - 1].key;
-      }
+      const Scored x = in.read();
+      ++i;
+      if (!full || x.key > threshold) s.pending[s.pending_count++] = x;
+    }
+    if (s.pending_count == k) {
+      merge_pending(s, k);
+      full = s.best_count == k;
+      if (full) threshold = s.best[k - 1].key;
     }
   }
   if (s.pending_count) merge_pending(s, k);
