@@ -80,8 +80,11 @@ std::string status_message(const int32_t* status) {
 }  // namespace
 
 Bridge& Bridge::instance() {
-  static Bridge bridge;  // constructed once, thread-safe (C++11 static init)
-  return bridge;
+  // Never destroyed: static destructors run in no defined order across libraries, and
+  // closing an xrt::device after XRT's own statics are gone crashes.  Callers close the
+  // device with reset() while XRT is alive (the Python module does so at interpreter exit).
+  static Bridge* bridge = new Bridge;
+  return *bridge;
 }
 
 Device& Bridge::device_locked() {

@@ -59,6 +59,8 @@ PYBIND11_MODULE(_jax_hetero_fpga, m) {
         "Opens the device selected by JAX_HETERO_FPGA_DEVICE if needed and describes it.");
   m.def("reset", [] { Bridge::instance().reset(); },
         "Closes the device and frees its memory; the next call reopens it from the environment.");
+  // Close the device while XRT is still alive (see Bridge::instance).
+  py::module_::import("atexit").attr("register")(py::cpp_function([] { Bridge::instance().reset(); }));
   m.def("mirror_entries", [] { return Bridge::instance().mirror_entries(); });
   m.def("reset_stats", [] { Bridge::instance().reset_stats(); });
   m.def("stats", [] {
