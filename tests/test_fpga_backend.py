@@ -281,3 +281,10 @@ def test_no_card_error_names_cause_and_fix(tmp_path):
     out = _run_xrt(tmp_path)
     assert "ERROR" in out and "Could not open device with index '0'" in out
     assert "JAX_HETERO_FPGA_DEVICE=emulated" in out
+
+
+def test_gather_index_out_of_range_at_run_time(rng):
+    table = jnp.asarray(rng.standard_normal((30, 8)), jnp.float32)
+    f = jax.jit(lambda t, i: jh.gather(t, i, backend="fpga"))
+    with pytest.raises(JaxRuntimeError, match=r"gather: indices\[2\]=30 is outside \[-1, 30\)"):
+        f(table, jnp.array([0, 5, 30], jnp.int32)).block_until_ready()
