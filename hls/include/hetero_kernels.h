@@ -77,8 +77,8 @@ enum hetero_status {
 // query      float32 [rows][heads][dim], dense. dot/quest: the query heads of the row's KV
 //            group; dsa: the indexer heads.
 // weights    float32 [rows][heads]: dsa head weights w_h. Unused (may be null) otherwise.
-// lengths    int32 [rows]: valid entries of each row, in [0, num_entries]; entries
-//            e >= lengths[r] are never read or scored.
+// lengths    int32 [rows]: valid entries of each row, in [0, num_entries] (values outside are
+//            clamped); entries e >= lengths[r] are never read or scored.
 // kind       hetero_kind; key_format: hetero_key_format; key_scale: INT16 scale (ignored
 //            for F32/BF16).
 // num_entries entries per row that may be valid (1 <= num_entries <= row_stride < 2^31);
