@@ -1,0 +1,191 @@
+// CPU handler for sparse_attention: decode attention of each query head over the selected
+// blocks of its KV head.  Work is spread over (batch, KV head) pairs; when there are too few
+// pairs to keep every thread busy, each pair's tokens are split into parts whose softmax
+// states are merged by log-sum-exp.
+#include <algorithm>
+#include <vector>
+
+#include "common/attention.h"
+#include "common/ffi_util.h"
+#include "common/parallel.h"
+#include "common/registry.h"
+
+namespace jax_hetero {
+namespace {
+
+constexpr const char* kOp = "sparse_attention";
+// A part smaller than this costs more in scheduling and merging than it saves.
+constexpr int64_t kMinTokensPerPart = 512;
+
+// The kernel is built twice: for x86-64-v3 (AVX2 and FMA), chosen when the module loads on
+// a CPU that has it, and for the baseline target of the build.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define JAX_HETERO_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define JAX_HETERO_CLONES
+#endif
+
+JAX_HETERO_CLONES void attend(const float* q, const float* k, const float* v, int64_t token_stride,
+                              const TokenRange* ranges, int64_t num_ranges, SoftmaxState& state) {
+  attend_ranges(q, k, v, token_stride, ranges, num_ranges, state);
+}
+JAX_HETERO_CLONES void attend(const float* q, const bfloat16_bits* k, const bfloat16_bits* v,
+                              int64_t token_stride, const TokenRange* ranges, int64_t num_ranges,
+                              SoftmaxState& state) {
+  attend_ranges(q, k, v, token_stride, ranges, num_ranges, state);
+}
+JAX_HETERO_CLONES void attend(const float* q, const float16_bits* k, const float16_bits* v,
+                              int64_t token_stride, const TokenRange* ranges, int64_t num_ranges,
+                              SoftmaxState& state) {
+  attend_ranges(q, k, v, token_stride, ranges, num_ranges, state);
+}
+
+struct Shapes {
+  int64_t batch, hq, hkv, d, n, kb, block_size;
+};
+
+// The token ranges of one (batch, KV head): selected blocks in slot order, each once,
+// clipped to the valid length.  Indices were range-checked before.
+void selected_ranges(const int32_t* slots, int64_t kb, int64_t block_size, int64_t limit,
+                     std::vector<uint64_t>& seen, std::vector<TokenRange>& ranges) {
+  ranges.clear();
+  for (int64_t s = 0; s < kb; ++s) {
+    const int64_t block = slots[s];
+    if (block < 0) continue;
+    uint64_t& word = seen[block >> 6];
+    const uint64_t bit = uint64_t(1) << (block & 63);
+    if (word & bit) continue;
+    word |= bit;
+    const int64_t begin = block * block_size, end = std::min(begin + block_size, limit);
+    if (begin < end) ranges.push_back({begin, end});
+  }
+  for (int64_t s = 0; s < kb; ++s)  // clear only the bits set above
+    if (slots[s] >= 0) seen[slots[s] >> 6] = 0;
+}
+
+// The ranges covering tokens [lo, hi) of the concatenation of `ranges`.
+void part_of(const std::vector<TokenRange>& ranges, int64_t lo, int64_t hi,
+             std::vector<TokenRange>& out) {
+  out.clear();
+  int64_t offset = 0;
+  for (const TokenRange& r : ranges) {
+    const int64_t size = r.end - r.begin;
+    const int64_t from = std::max(lo, offset), to = std::min(hi, offset + size);
+    if (from < to) out.push_back({r.begin + (from - offset), r.begin + (to - offset)});
+    offset += size;
+    if (offset >= hi) break;
+  }
+}
+
+template <class T>
+void attention(const T* q, const T* k, const T* v, const int32_t* block_indices,
+               const int32_t* lengths, const Shapes& s, float scale, T* out) {
+  const int64_t pairs = s.batch * s.hkv, group = s.hq / s.hkv, nb = (s.n + s.block_size - 1) / s.block_size;
+  // Token ranges of every pair first: their sizes decide how to split the work.
+  std::vector<std::vector<TokenRange>> ranges(pairs);
+  std::vector<int64_t> tokens(pairs, 0);
+  parallel_for(pairs, [&](int64_t pair) {
+    thread_local std::vector<uint64_t> seen;
+    if (int64_t(seen.size()) < (nb + 63) / 64) seen.assign((nb + 63) / 64, 0);
+    const int64_t b = pair / s.hkv;
+    const int64_t limit = std::clamp<int64_t>(lengths[b], 0, s.n);
+    selected_ranges(block_indices + pair * s.kb, s.kb, s.block_size, limit, seen, ranges[pair]);
+    for (const TokenRange& r : ranges[pair]) tokens[pair] += r.end - r.begin;
+  });
+  const int64_t threads = ThreadPool::instance().num_threads();
+  const int64_t most = *std::max_element(tokens.begin(), tokens.end());
+  // Enough tasks for about four per thread (dynamic scheduling evens out the rest).
+  const int64_t parts = std::clamp<int64_t>((4 * threads + pairs - 1) / pairs, 1,
+                                            std::max<int64_t>(1, most / kMinTokensPerPart));
+  std::vector<SoftmaxState> states(pairs * parts);
+  parallel_for(pairs * parts, [&](int64_t task) {
+    const int64_t pair = task / parts, part = task % parts;
+    const int64_t b = pair / s.hkv, h = pair % s.hkv;
+    thread_local std::vector<float> q_scaled;
+    thread_local std::vector<TokenRange> mine;
+    q_scaled.resize(group * s.d);
+    const T* q_group = q + (b * s.hq + h * group) * s.d;
+    for (int64_t i = 0; i < group * s.d; ++i) q_scaled[i] = to_float(q_group[i]) * scale;
+    part_of(ranges[pair], tokens[pair] * part / parts, tokens[pair] * (part + 1) / parts, mine);
+    SoftmaxState& state = states[task];
+    state.reset(group, s.d);
+    const int64_t head_offset = (b * s.n * s.hkv + h) * s.d;
+    attend(q_scaled.data(), k + head_offset, v + head_offset, s.hkv * s.d, mine.data(),
+                  int64_t(mine.size()), state);
+    if (parts == 1) merge_states(&state, 1, out + (b * s.hq + h * group) * s.d);
+  });
+  if (parts == 1) return;
+  parallel_for(pairs, [&](int64_t pair) {
+    const int64_t b = pair / s.hkv, h = pair % s.hkv;
+    merge_states(&states[pair * parts], parts, out + (b * s.hq + h * group) * s.d);
+  });
+}
+
+template <class Buf>
+bool has_rank_at_least(const Buf& buf, size_t rank) {
+  return buf.dimensions().size() >= rank;
+}
+
+ffi::Error sparse_attention_cpu(ffi::AnyBuffer q, ffi::AnyBuffer k, ffi::AnyBuffer v,
+                                ffi::Buffer<ffi::S32> block_indices, ffi::Buffer<ffi::S32> lengths,
+                                ffi::Result<ffi::AnyBuffer> out, int64_t block_size, float scale) {
+  if (!has_rank_at_least(q, 2) || !has_rank_at_least(k, 3) || !has_rank_at_least(v, 3) ||
+      !has_rank_at_least(block_indices, 2))
+    return op_error(kOp, "expected q [..., hq, d], k/v [..., n, hkv, d] and block_indices "
+                         "[..., hkv, kb]");
+  Shapes s;
+  s.hq = dim_from_end(q, 1);
+  s.d = dim_from_end(q, 0);
+  s.n = dim_from_end(k, 2);
+  s.hkv = dim_from_end(k, 1);
+  s.kb = dim_from_end(block_indices, 0);
+  s.block_size = block_size;
+  s.batch = leading_size(q, 2);
+  if (block_size < 1) return op_error(kOp, "block_size=", block_size, " must be >= 1");
+  if (dim_from_end(k, 0) != s.d || leading_size(k, 3) != s.batch)
+    return op_error(kOp, "k must be [..., n, hkv, d] with q's batch and head dim d=", s.d);
+  if (v.dimensions().size() != k.dimensions().size() || v.element_count() != k.element_count() ||
+      dim_from_end(v, 0) != s.d || dim_from_end(v, 1) != s.hkv || dim_from_end(v, 2) != s.n)
+    return op_error(kOp, "v must have the shape of k");
+  if (s.hkv < 1 || s.hq % s.hkv != 0)
+    return op_error(kOp, "query heads hq=", s.hq, " must be a multiple of the KV heads hkv=", s.hkv);
+  if (dim_from_end(block_indices, 1) != s.hkv || leading_size(block_indices, 2) != s.batch)
+    return op_error(kOp, "block_indices must be [..., hkv, kb] with hkv=", s.hkv);
+  if (lengths.element_count() != size_t(s.batch))
+    return op_error(kOp, "lengths has ", lengths.element_count(), " entries, expected ", s.batch);
+  if (k.element_type() != q.element_type() || v.element_type() != q.element_type() ||
+      out->element_type() != q.element_type())
+    return op_error(kOp, "q, k, v and the output must share a dtype, got ", dtype_name(q.element_type()),
+                    ", ", dtype_name(k.element_type()), ", ", dtype_name(v.element_type()));
+  const int64_t nb = (s.n + block_size - 1) / block_size;
+  const int32_t* indices = block_indices.typed_data();
+  const int64_t slots = int64_t(block_indices.element_count());
+  for (int64_t i = 0; i < slots; ++i)
+    if (indices[i] < -1 || indices[i] >= nb)
+      return op_error(kOp, "block_indices contains ", indices[i], ", outside [0, ", nb, ") (k has ",
+                      nb, " blocks of ", block_size, " tokens); use -1 for an unused slot");
+  if (s.batch == 0 || s.hq == 0 || s.d == 0) return ffi::Error::Success();
+  return dispatch_float(kOp, "q", q.element_type(), [&](auto tag) {
+    using T = decltype(tag);
+    attention(reinterpret_cast<const T*>(q.untyped_data()), reinterpret_cast<const T*>(k.untyped_data()),
+              reinterpret_cast<const T*>(v.untyped_data()), indices, lengths.typed_data(), s, scale,
+              reinterpret_cast<T*>(out->untyped_data()));
+    return ffi::Error::Success();
+  });
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(SparseAttentionCpu, sparse_attention_cpu,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Attr<int64_t>("block_size")
+                                  .Attr<float>("scale"));
+JAX_HETERO_REGISTER("sparse_attention", SparseAttentionCpu);
+
+}  // namespace jax_hetero
