@@ -7,19 +7,23 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from . import _validate
 
 
 def check_index_range(op: str, name: str, indices, upper: int, what: str):
     """Error unless every entry of `indices` is -1 or in [0, upper)."""
-    bad = (indices < -1) | (indices >= upper)
     if _validate.is_concrete(indices):
-        if bool(jnp.any(bad)):
-            first = jnp.asarray(indices)[bad].reshape(-1)[0]
+        # numpy, not jnp: under jit a jnp result on a closed-over constant is a tracer.
+        values = np.asarray(indices)
+        bad = (values < -1) | (values >= upper)
+        if bad.any():
+            first = values[bad].reshape(-1)[0]
             raise IndexError(f"{op}: {name} contains {int(first)}, outside [0, {upper}) "
                              f"({what}); use -1 for an unused slot")
         return
+    bad = (indices < -1) | (indices >= upper)
 
     def raise_if_bad(any_bad, first):
         if any_bad:
