@@ -138,77 +138,79 @@ JH_INLINE void quest_tile_impl(const float* q, int64_t group, const T* lo_entrie
 }
 
 // --- dsa: score_t = sum_h w_h * ReLU(q_h . k_t) -------------------------------------------
-// Keys are copied into blocks of kTokenVectors * lanes tokens, transposed so that a vector
-// holds one feature of consecutive tokens ([block][feature][token]); the micro-kernel then
-// needs no horizontal sums and every token is computed by the same lane arithmetic.
-constexpr int kTokenVectors = 2;
-constexpr int kHeadBlock = 4;
+// Vectorised over heads: the query is stored transposed ([feature][head], heads padded to a
+// multiple of kHeadPad), each key element is broadcast and multiplies a vector of heads.  Keys
+// are read in their own layout, and every token goes through the same lane arithmetic
+// whether it is scored in a group of kDsaTokens or alone.
+constexpr int64_t kHeadPad = 16;  // the widest vector
+constexpr int kDsaTokens = 4;
 
-template <class V> constexpr int64_t dsa_block_tokens() { return kTokenVectors * kLanes<V>; }
+// Register block of head vectors per token group (16 accumulators with 32 registers, 8 with 16).
+template <class V> constexpr int dsa_head_block() { return kLanes<V> == 16 ? 4 : 2; }
 
-template <class V, class T>
-JH_INLINE void dsa_transpose(const T* keys, int64_t dim, int64_t begin, int64_t end, float* kt) {
-  constexpr int64_t BW = dsa_block_tokens<V>();
-  const int64_t count = end - begin, padded = (count + BW - 1) / BW * BW;
-  for (int64_t t = 0; t < padded; t += BW) {
-    float* block = kt + t * dim;
-    const int64_t live = count - t < BW ? count - t : BW;
-    for (int64_t lane = 0; lane < BW; ++lane) {
-      if (lane < live) {
-        const T* row = keys + (begin + t + lane) * dim;
-        for (int64_t f = 0; f < dim; ++f) block[f * BW + lane] = to_float(row[f]);
-      } else {
-        for (int64_t f = 0; f < dim; ++f) block[f * BW + lane] = 0.0f;
-      }
+// One group of TB tokens (k: TB rows of dim floats) over head vectors [v0, v0 + HB).
+template <class V, int TB, int HB>
+JH_INLINE void dsa_head_group(const float* qt, int64_t stride, int64_t dim, const float* k, int64_t v0,
+                              const float* w, const float* live, V* total) {
+  constexpr int L = kLanes<V>;
+  V acc[TB][HB] = {};
+  for (int64_t f = 0; f < dim; ++f) {
+    V qv[HB];
+#pragma GCC unroll 4
+    for (int j = 0; j < HB; ++j) qv[j] = load<V>(qt + f * stride + (v0 + j) * L);
+#pragma GCC unroll 4
+    for (int t = 0; t < TB; ++t) {
+      const float ks = k[t * dim + f];
+#pragma GCC unroll 4
+      for (int j = 0; j < HB; ++j) acc[t][j] += ks * qv[j];
     }
+  }
+  const V zero = {};
+#pragma GCC unroll 4
+  for (int j = 0; j < HB; ++j) {
+    const V wj = load<V>(w + (v0 + j) * L);
+    // Padding heads must add nothing, even when a key holds inf or NaN.
+    const V keep = load<V>(live + (v0 + j) * L);
+#pragma GCC unroll 4
+    for (int t = 0; t < TB; ++t) total[t] += keep > zero ? wj * relu(acc[t][j]) : zero;
   }
 }
 
+template <class V, int TB>
+JH_INLINE void dsa_tokens(const float* qt, int64_t stride, int64_t head_vectors, int64_t dim,
+                          const float* k, const float* w, const float* live, float* out) {
+  constexpr int HB = dsa_head_block<V>();
+  V total[TB] = {};
+  int64_t v = 0;
+  for (; v + HB <= head_vectors; v += HB) dsa_head_group<V, TB, HB>(qt, stride, dim, k, v, w, live, total);
+  for (; v < head_vectors; ++v) dsa_head_group<V, TB, 1>(qt, stride, dim, k, v, w, live, total);
+#pragma GCC unroll 4
+  for (int t = 0; t < TB; ++t) out[t] = lane_sum(total[t]);
+}
+
+// qt [dim][stride], w and live [stride]: the prepared query (see DsaScorer::prepare).
 template <class V, class T>
-JH_INLINE void dsa_tile_impl(const float* q, const float* w, int64_t heads, int64_t dim, const T* keys,
-                             int64_t begin, int64_t end, float* out, float* kt) {
-  constexpr int L = kLanes<V>;
-  constexpr int64_t BW = dsa_block_tokens<V>();
-  dsa_transpose<V>(keys, dim, begin, end, kt);
-  const int64_t count = end - begin;
-  for (int64_t t = 0; t < count; t += BW) {
-    const float* kb = kt + t * dim;
-    V score[kTokenVectors] = {};
-    int64_t h = 0;
-    for (; h + kHeadBlock <= heads; h += kHeadBlock) {
-      V acc[kHeadBlock][kTokenVectors] = {};
-      const float* qh = q + h * dim;
-      for (int64_t f = 0; f < dim; ++f) {
-        V k[kTokenVectors];
-#pragma GCC unroll 4
-        for (int v = 0; v < kTokenVectors; ++v) k[v] = load<V>(kb + f * BW + v * L);
-#pragma GCC unroll 4
-        for (int j = 0; j < kHeadBlock; ++j) {
-          const float qs = qh[j * dim + f];
-#pragma GCC unroll 4
-          for (int v = 0; v < kTokenVectors; ++v) acc[j][v] += qs * k[v];
-        }
-      }
-#pragma GCC unroll 4
-      for (int j = 0; j < kHeadBlock; ++j)
-#pragma GCC unroll 4
-        for (int v = 0; v < kTokenVectors; ++v) score[v] += w[h + j] * relu(acc[j][v]);
-    }
-    for (; h < heads; ++h) {
-      V acc[kTokenVectors] = {};
-      const float* qh = q + h * dim;
-      for (int64_t f = 0; f < dim; ++f)
-#pragma GCC unroll 4
-        for (int v = 0; v < kTokenVectors; ++v) acc[v] += qh[f] * load<V>(kb + f * BW + v * L);
-#pragma GCC unroll 4
-      for (int v = 0; v < kTokenVectors; ++v) score[v] += w[h] * relu(acc[v]);
-    }
-    float lanes[BW];
-#pragma GCC unroll 4
-    for (int v = 0; v < kTokenVectors; ++v) store(lanes + v * L, score[v]);
-    const int64_t live = count - t < BW ? count - t : BW;
-    std::memcpy(out + t, lanes, sizeof(float) * live);
-  }
+JH_INLINE void dsa_tile_width(const float* qt, const float* w, const float* live, int64_t heads,
+                              int64_t stride, int64_t dim, const T* keys, int64_t begin, int64_t end,
+                              float* out, float* scratch) {
+  const int64_t count = end - begin, head_vectors = (heads + kLanes<V> - 1) / kLanes<V>;
+  const float* k = as_float(keys + begin * dim, count * dim, scratch);
+  int64_t t = 0;
+  for (; t + kDsaTokens <= count; t += kDsaTokens)
+    dsa_tokens<V, kDsaTokens>(qt, stride, head_vectors, dim, k + t * dim, w, live, out + t);
+  for (; t < count; ++t) dsa_tokens<V, 1>(qt, stride, head_vectors, dim, k + t * dim, w, live, out + t);
+}
+
+// The vector width follows the head count so that few heads do not waste lanes.
+template <class V, class T>
+JH_INLINE void dsa_tile_impl(const float* qt, const float* w, const float* live, int64_t heads,
+                             int64_t stride, int64_t dim, const T* keys, int64_t begin, int64_t end,
+                             float* out, float* scratch) {
+  if (kLanes<V> >= 16 && heads > 8)
+    return dsa_tile_width<f32x16>(qt, w, live, heads, stride, dim, keys, begin, end, out, scratch);
+  if (kLanes<V> >= 8 && heads > 4)
+    return dsa_tile_width<f32x8>(qt, w, live, heads, stride, dim, keys, begin, end, out, scratch);
+  dsa_tile_width<f32x4>(qt, w, live, heads, stride, dim, keys, begin, end, out, scratch);
 }
 
 // One compiled copy of each kernel per ISA.  T is the element type of the memory operand.
@@ -233,13 +235,10 @@ JH_SCORING_VARIANTS(quest_tile,
                      int64_t d, int64_t begin, int64_t end, float* out, float* scratch),
                     (q, group, lo, hi, stride, d, begin, end, out, scratch))
 JH_SCORING_VARIANTS(dsa_tile,
-                    (const float* q, const float* w, int64_t heads, int64_t dim, const T* keys,
-                     int64_t begin, int64_t end, float* out, float* kt),
-                    (q, w, heads, dim, keys, begin, end, out, kt))
+                    (const float* qt, const float* w, const float* live, int64_t heads, int64_t stride,
+                     int64_t dim, const T* keys, int64_t begin, int64_t end, float* out, float* scratch),
+                    (qt, w, live, heads, stride, dim, keys, begin, end, out, scratch))
 #undef JH_SCORING_VARIANTS
-
-// Largest token block of any variant: scratch for a dsa tile is padded to it.
-constexpr int64_t kMaxBlockTokens = kTokenVectors * 16;
 
 // Per-thread buffers of one row being scored.
 struct Workspace {
@@ -302,8 +301,8 @@ struct QuestScorer {
 
 template <class T>
 struct DsaScorer {
-  const T* q;          // [batch, heads, dim]
-  const T* keys;       // [batch, n, dim]
+  const T* q;            // [batch, heads, dim]
+  const T* keys;         // [batch, n, dim]
   const float* weights;  // [batch, heads]
   int64_t batch, heads, n, dim;
   static constexpr int64_t kTile = 256;
@@ -311,14 +310,24 @@ struct DsaScorer {
   int64_t rows() const { return batch; }
   int64_t entries() const { return n; }
   int64_t batch_of(int64_t row) const { return row; }
+  int64_t stride() const { return (heads + kHeadPad - 1) / kHeadPad * kHeadPad; }
+  // ws.query = [transposed query [dim][stride] | weights [stride] | live-head flags [stride]],
+  // zero in the padding heads.
   void prepare(int64_t row, Workspace& ws) const {
-    ws.query.resize(heads * dim);
+    const int64_t s = stride();
+    ws.query.assign((dim + 2) * s, 0.0f);
     const T* qb = q + row * heads * dim;
-    for (int64_t i = 0; i < heads * dim; ++i) ws.query[i] = to_float(qb[i]);
-    ws.scratch.resize((kTile + kMaxBlockTokens) * dim);
+    for (int64_t h = 0; h < heads; ++h) {
+      for (int64_t f = 0; f < dim; ++f) ws.query[f * s + h] = to_float(qb[h * dim + f]);
+      ws.query[dim * s + h] = weights[row * heads + h];
+      ws.query[(dim + 1) * s + h] = 1.0f;
+    }
+    ws.scratch.resize(kTile * dim);
   }
   void score(int64_t row, Workspace& ws, int64_t begin, int64_t end, float* out) const {
-    dsa_tile<T>(ws.query.data(), weights + row * heads, heads, dim, keys + row * n * dim, begin, end,
+    const int64_t s = stride();
+    const float* qt = ws.query.data();
+    dsa_tile<T>(qt, qt + dim * s, qt + (dim + 1) * s, heads, s, dim, keys + row * n * dim, begin, end,
                 out, ws.scratch.data());
   }
 };
