@@ -296,6 +296,18 @@ def test_single_long_row_splits_into_chunks(kind):
         assert_same(out, jh.topk(scores, k, lengths=jnp.full(scores.shape[:-1], lengths, jnp.int32), backend="cpu"))
 
 
+def test_denormal_scores_do_not_depend_on_the_thread():
+    """XLA runs handlers with denormals flushed; the pool threads adopt the caller's mode, so
+    a long row split over threads scores like the reference and fused == two-step."""
+    rng = np.random.default_rng(9)
+    q = random_array(rng, (1, 4, 16)) * 1e-20
+    keys = random_array(rng, (1, 20000, 16)) * 1e-20
+    w = jnp.ones((1, 4), jnp.float32)
+    scores = jh.relevancy(q, keys, kind="dsa", weights=w, backend="cpu")
+    assert_same(scores, jh.relevancy(q, keys, kind="dsa", weights=w, backend="xla"))
+    assert_same(jh.indexer(q, keys, 100, kind="dsa", weights=w, backend="cpu"), jh.topk(scores, 100, backend="cpu"))
+
+
 @pytest.mark.parametrize("mode", ["jit", "vmap", "vmap2"])
 @pytest.mark.parametrize("kind", KINDS)
 def test_scoring_under_transforms(kind, mode):

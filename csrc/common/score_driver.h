@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <vector>
+#include <xmmintrin.h>
 
 #include "common/parallel.h"
 #include "common/score_kernels.h"
@@ -32,6 +33,17 @@ struct ChunkPlan {
   }
 };
 
+// XLA runs handlers with denormals flushed (MXCSR FTZ/DAZ) while pool threads start with the
+// default mode: tasks adopt the caller's mode so a score never depends on the thread.
+class ScopedFpMode {
+ public:
+  explicit ScopedFpMode(unsigned mode) : saved_(_mm_getcsr()) { _mm_setcsr(mode); }
+  ~ScopedFpMode() { _mm_setcsr(saved_); }
+
+ private:
+  unsigned saved_;
+};
+
 inline int64_t valid_entries(const int32_t* valid, int64_t batch_index, int64_t entries) {
   return std::clamp<int64_t>(valid[batch_index], 0, entries);
 }
@@ -41,7 +53,9 @@ template <class Scorer>
 void relevancy_rows(const Scorer& scorer, const int32_t* valid, float* scores) {
   const int64_t entries = scorer.entries();
   const ChunkPlan plan(scorer.rows(), entries, Scorer::kTile);
+  const unsigned fp_mode = _mm_getcsr();
   parallel_for(plan.tasks(), [&](int64_t task) {
+    const ScopedFpMode mode(fp_mode);
     const int64_t row = task / plan.chunks_per_row, chunk = task % plan.chunks_per_row;
     const int64_t count = valid_entries(valid, scorer.batch_of(row), entries);
     float* out = scores + row * entries;
@@ -64,7 +78,9 @@ void indexer_rows(const Scorer& scorer, const int32_t* valid, int64_t k, float* 
   const int64_t entries = scorer.entries();
   const ChunkPlan plan(scorer.rows(), entries, Scorer::kTile);
   std::vector<std::vector<uint64_t>> partial(plan.tasks());
+  const unsigned fp_mode = _mm_getcsr();
   parallel_for(plan.tasks(), [&](int64_t task) {
+    const ScopedFpMode mode(fp_mode);
     const int64_t row = task / plan.chunks_per_row, chunk = task % plan.chunks_per_row;
     const int64_t count = valid_entries(valid, scorer.batch_of(row), entries);
     int64_t begin, end;
