@@ -1,6 +1,8 @@
 """The CPU topk is bit-identical to jax.lax.top_k (through the reference, backend="xla") on
 adversarial inputs: ties, constant rows, sorted rows, NaN / +-0 / +-inf, 16-bit floats,
 lengths, and rows long enough to be split across threads."""
+from functools import lru_cache
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -37,9 +39,13 @@ INPUTS = {
 }
 
 
+@lru_cache(maxsize=None)
+def _topk(k, backend):
+    return jax.jit(lambda s, l: jh.topk(s, k, lengths=l, backend=backend))
+
+
 def _run(scores, k, lengths=None):
-    fn = jax.jit(lambda s, l: jh.topk(s, k, lengths=l, backend="cpu"))
-    ref = jax.jit(lambda s, l: jh.topk(s, k, lengths=l, backend="xla"))
+    fn, ref = _topk(k, "cpu"), _topk(k, "xla")
     if lengths is None:
         lengths = jnp.full(scores.shape[:-1], scores.shape[-1], jnp.int32)
     (v, i), (rv, ri) = fn(scores, lengths), ref(scores, lengths)
@@ -81,3 +87,27 @@ def test_matches_lax_directly(rng):
     ref_values, ref_indices = jax.lax.top_k(scores, 2048)
     np.testing.assert_array_equal(np.asarray(indices), np.asarray(ref_indices))
     np.testing.assert_array_equal(_bits(values), _bits(ref_values))
+
+
+@pytest.mark.parametrize("k", [100, 300, 2048])
+@pytest.mark.parametrize("kind", ["normal", "few_values", "ascending", "specials"])
+def test_long_row_split_into_chunks(rng, k, kind):
+    """A single long row (split into chunks that share a sampled threshold), with and
+    without a length."""
+    n = 600_000
+    scores = jnp.asarray(INPUTS[kind](rng, (1, n)))
+    _run(scores, k)
+    _run(scores, k, jnp.asarray([int(rng.integers(k, n))], jnp.int32))
+
+
+@pytest.mark.parametrize("rows", [1, 4])
+def test_sample_that_overestimates(rows):
+    """Large values only where the threshold sample looks (evenly spaced runs), so fewer
+    than k entries reach the sampled threshold and the selection must fall back."""
+    n, k, runs = 1 << 17, 2048, 64
+    run = min(n // 8, 128 * n // k) // runs
+    row = np.full(n, -1.0, np.float32)
+    for r in range(runs):
+        start = (n - run) * r // (runs - 1)
+        row[start:start + run] = 1.0 + np.arange(run, dtype=np.float32) / run
+    _run(jnp.asarray(np.tile(row, (rows, 1))), k)

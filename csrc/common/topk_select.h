@@ -7,6 +7,7 @@
 // sorting compare integers instead of two fields.
 #pragma once
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <functional>
 #include <vector>
@@ -46,6 +47,9 @@ inline uint32_t key_of(float16_bits x) {
   return b ^ (uint32_t(int32_t(b) >> 31) | 0x80000000u);
 }
 
+// Already a key (the sampled keys of sample_admit).
+inline uint32_t key_of(uint32_t key) { return key; }
+
 // Keeps the best k of packed[0:count) in packed[0:k) (unordered); returns the new count.
 inline int64_t keep_best_packed(uint64_t* packed, int64_t count, int64_t k) {
   if (count <= k) return count;
@@ -53,10 +57,11 @@ inline int64_t keep_best_packed(uint64_t* packed, int64_t count, int64_t k) {
   return k;
 }
 
-// Appends to `out` the best k entries of x[begin, end) as packed candidates (unordered; at
-// most k of them).
+// Appends to `out` the best k of the entries of x[begin, end) whose key is >= admit, as
+// packed candidates (unordered; at most k of them).  admit = 0 admits everything.
 template <class T>
-void select_packed(const T* x, int64_t begin, int64_t end, int64_t k, std::vector<uint64_t>& out) {
+void select_packed(const T* x, int64_t begin, int64_t end, int64_t k, std::vector<uint64_t>& out,
+                   uint32_t admit = 0) {
   constexpr int64_t kBlock = 32;
   // Twice k: a compaction (linear in the buffer) runs only after k more entries arrived,
   // and the threshold still follows the k-th best closely for small k.  A block and the
@@ -66,12 +71,12 @@ void select_packed(const T* x, int64_t begin, int64_t end, int64_t k, std::vecto
   if (int64_t(storage.size()) < capacity + 2 * kBlock) storage.resize(capacity + 2 * kBlock);
   uint64_t* buf = storage.data();
   int64_t count = 0, i = begin;
-  // Fill phase: take everything until the buffer holds the capacity.
-  for (const int64_t stop = std::min(end, begin + capacity); i < stop; ++i)
-    buf[count++] = pack_candidate(key_of(x[i]), i);
-  // Entries with key >= admit may still enter: the k-th best so far has a lower index than
+  // Fill phase (nothing known yet): take everything until the buffer holds the capacity.
+  if (admit == 0)
+    for (const int64_t stop = std::min(end, begin + capacity); i < stop; ++i)
+      buf[count++] = pack_candidate(key_of(x[i]), i);
+  // After a compaction entries need key > the k-th best so far: it has a lower index than
   // anything to come, so an equal key ranks after it.
-  uint32_t admit = 0;
   auto compact = [&] {  // false when no later entry can enter
     count = keep_best_packed(buf, count, k);  // count > k here, so buf[k - 1] is the k-th
     const uint32_t kth = packed_key(buf[k - 1]);
@@ -79,7 +84,7 @@ void select_packed(const T* x, int64_t begin, int64_t end, int64_t k, std::vecto
     admit = kth + 1;
     return true;
   };
-  if (i < end && !compact()) i = end;
+  if (count >= capacity && i < end && !compact()) i = end;
   for (; i + kBlock <= end; i += kBlock) {
     uint32_t block_max = 0;
     for (int64_t j = 0; j < kBlock; ++j) block_max = std::max(block_max, key_of(x[i + j]));
@@ -97,6 +102,48 @@ void select_packed(const T* x, int64_t begin, int64_t end, int64_t k, std::vecto
   }
   count = keep_best_packed(buf, count, k);
   out.insert(out.end(), buf, buf + count);
+}
+
+// A key that, judged from a sample of x[begin, end), a little more than k entries reach:
+// selecting only entries with key >= it skips most of the candidate-buffer work when k is
+// large.  0 (admit everything) where a sample would not pay.  The sample is 64 evenly spaced
+// runs of contiguous entries, so sorted or clustered rows are sampled evenly too.
+template <class T>
+uint32_t sample_admit(const T* x, int64_t begin, int64_t end, int64_t k) {
+  const int64_t length = end - begin;
+  if (k < 256 || length < 16 * k) return 0;
+  constexpr int64_t kRuns = 64;
+  // About 128 sampled entries expected above the k-th best, within an eighth of the row.
+  const int64_t run = std::max<int64_t>(8, std::min(length / 8, 128 * length / k) / kRuns);
+  thread_local std::vector<uint32_t> keys;
+  keys.clear();
+  for (int64_t r = 0; r < kRuns; ++r) {
+    const int64_t start = begin + (length - run) * r / (kRuns - 1);
+    for (int64_t i = start; i < start + run; ++i) keys.push_back(key_of(x[i]));
+  }
+  const double expected = double(keys.size()) * double(k) / double(length);
+  // Four standard deviations of margin (binomial count) so a retry is rare.
+  const int64_t rank = std::min<int64_t>(int64_t(keys.size()),
+                                         int64_t(expected + 4.0 * std::sqrt(expected) + 8.0));
+  thread_local std::vector<uint64_t> best;
+  best.clear();
+  select_packed(keys.data(), 0, int64_t(keys.size()), rank, best);
+  if (int64_t(best.size()) < rank) return 0;
+  return packed_key(*std::min_element(best.begin(), best.end()));
+}
+
+// Appends to `out` the best k entries of x[begin, end) (unordered; at most k of them),
+// starting from a sampled threshold when that pays and falling back to a full pass in the
+// rare case that fewer than k entries reached it.
+template <class T>
+void select_row(const T* x, int64_t begin, int64_t end, int64_t k, std::vector<uint64_t>& out) {
+  const size_t before = out.size();
+  const uint32_t admit = sample_admit(x, begin, end, k);
+  select_packed(x, begin, end, k, out, admit);
+  if (admit != 0 && int64_t(out.size() - before) < k) {
+    out.resize(before);
+    select_packed(x, begin, end, k, out);
+  }
 }
 
 // Sorts packed candidates best first and writes k outputs; slots beyond the candidates get
@@ -134,7 +181,7 @@ template <class T>
 void select_candidates(const T* x, int64_t begin, int64_t end, int64_t k,
                        std::vector<Candidate>& out) {
   std::vector<uint64_t> packed;
-  select_packed(x, begin, end, k, packed);
+  select_row(x, begin, end, k, packed);
   for (uint64_t p : packed) out.push_back({packed_key(p), packed_index(p)});
 }
 
