@@ -124,6 +124,8 @@ ffi::Error run_indexer(fpga::IndexerKind kind, ffi::Context ctx, ffi::AnyBuffer 
     return op_error(op, "memory batch/feature dims do not match q");
   if (int64_t(valid.element_count()) != r.batch)
     return op_error(op, "lengths has ", valid.element_count(), " entries, expected ", r.batch);
+  if (r.heads < 1 || r.kv_heads < 1 || r.dim < 1 || r.entries < 1)
+    return op_error(op, "q and memory must not have empty head, feature or entry dims");
   if (r.heads % r.kv_heads) return op_error(op, "hq=", r.heads, " is not a multiple of hkv=", r.kv_heads);
   if (k < 1 || k > r.entries) return op_error(op, "k=", k, " must satisfy 1 <= k <= ", r.entries);
   const size_t out_count = size_t(r.batch * r.kv_heads * k);

@@ -173,16 +173,20 @@ MemoryHandle MemoryMirror::sync_prefix(const Layout& layout, RowSource& source,
       checks.push_back({b, 0, resident});
       continue;
     }
+    // Evenly spaced samples whose offset advances with each check of this entry, so every
+    // row of a stable prefix is looked at within `stride` calls.
     std::vector<int64_t> rows = {0, resident - 1};
-    const int64_t stride = std::max<int64_t>(1, resident / kSampleRows);
+    const int64_t stride = (resident + kSampleRows - 1) / kSampleRows;
+    const int64_t offset = int64_t(entry.checks % uint64_t(stride));
     for (int64_t j = 0; j < kSampleRows; ++j) {
-      const int64_t r = j * stride + int64_t(tick_ % uint64_t(stride));
+      const int64_t r = j * stride + offset;
       if (r < resident) rows.push_back(r);
     }
     std::sort(rows.begin(), rows.end());
     rows.erase(std::unique(rows.begin(), rows.end()), rows.end());
     for (int64_t r : rows) checks.push_back({b, r, 1});
   }
+  ++entry.checks;
   std::vector<RowRange> uploads;
   if (!checks.empty()) {
     int64_t total = 0;

@@ -9,13 +9,13 @@
 // so the same growing tensor maps to one entry across calls while the equally-shaped memories
 // of different layers map to different entries, whatever buffer address XLA gives them.
 // Verification: the mirror stores a 64-bit hash of every resident row.  Prefix syncs (the
-// indexer) check row 0, the last resident row and kSampleRows rows at positions that rotate
-// every call, and re-upload the whole tensor when one differs (Verify::kSampled), or check
-// every resident row and re-send the ones that differ (Verify::kFull).  Row syncs (gather)
-// always check exactly the requested rows.
+// indexer) check row 0, the last resident row and kSampleRows evenly spaced rows whose offset
+// advances every call, so each row is checked within ceil(resident / kSampleRows) calls, and
+// re-upload the whole tensor when one differs (Verify::kSampled); or they check every
+// resident row and re-send the ones that differ (Verify::kFull).  Row syncs (gather) always
+// check exactly the requested rows.
 #pragma once
 #include <cstdint>
-#include <list>
 #include <memory>
 #include <unordered_map>
 #include <vector>
@@ -115,6 +115,7 @@ class MemoryMirror {
     std::vector<int64_t> resident;   // resident prefix per batch element (prefix syncs)
     std::vector<uint64_t> row_hash;  // [batch * rows]; 0 = not resident
     uint64_t last_use = 0;
+    uint64_t checks = 0;  // prefix verifications so far (rotates the sampled rows)
   };
 
   Entry& lookup(const Layout& layout, RowSource& source, SyncReport& report);

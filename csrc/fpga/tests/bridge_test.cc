@@ -120,6 +120,28 @@ void test_mirror_delta(Device& dev) {
   check(fourth.new_entry && mirror.entries() == 2, "changed first row maps to a new entry");
 }
 
+void test_mirror_sampled_rotation(Device& dev) {
+  std::mt19937 rng(5);
+  const int64_t rows = 50, dim = 16;
+  Layout L = float_layout(1, rows, 1, dim);
+  auto host = random_ints(size_t(rows * dim), rng);
+  HostRowSource src(host.data(), rows, dim * 4);
+  MemoryMirror mirror(dev, MemoryMirror::Verify::kSampled);
+  int32_t needed[1] = {int32_t(rows)};
+  SyncReport first;
+  mirror.begin_call();
+  mirror.sync_prefix(L, src, needed, first);
+  host[size_t(46 * dim)] += 1;  // a row between the samples of the first check
+  bool detected = false;
+  for (int call = 0; call < (rows + 15) / 16 && !detected; ++call) {
+    SyncReport r;
+    mirror.begin_call();
+    auto h = mirror.sync_prefix(L, src, needed, r);
+    detected = r.stale_detected && device_matches(dev, mirror.buffer(h), L, host, 0, rows);
+  }
+  check(detected, "sampled verification reaches every row within ceil(rows / 16) calls");
+}
+
 void test_mirror_full_verify(Device& dev) {
   std::mt19937 rng(2);
   const int64_t rows = 64, dim = 16;
@@ -338,6 +360,7 @@ int main(int argc, char** argv) {
     auto dev = make_emulated_device(uint64_t(1) << 30);
     test_mirror_delta(*dev);
     test_mirror_full_verify(*dev);
+    test_mirror_sampled_rotation(*dev);
     test_mirror_rows_and_capacity();
     test_bridge_indexer_and_errors();
     test_bridge_gather();
