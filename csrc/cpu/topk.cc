@@ -20,6 +20,7 @@ constexpr int64_t kChunksPerThread = 4;
 template <class T>
 void topk_rows(const T* scores, const int32_t* lengths, int64_t rows, int64_t n, int64_t k,
                T* values, int32_t* indices) {
+  if (rows == 0) return;
   const int64_t threads = ThreadPool::instance().num_threads();
   const int64_t chunks_per_row =
       rows >= threads ? 1
