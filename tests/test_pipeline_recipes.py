@@ -97,15 +97,22 @@ def test_dsa_needle_token_is_always_retrieved():
     rng = np.random.default_rng()
     pipe = MemoryPipeline(build("dsa", index_heads=8, index_dim=16, budget=8))
     indexer = pipe.recipe.indexer
-    for trial in range(5):
+    for trial in range(8):
         context = int(rng.integers(50, 256))
         memory = pipe.prepare(pipe.init_memory(2), random_update(rng, context))
         query = random_query(rng)
-        q, w = indexer.queries(query["hidden"])
-        direction = np.einsum("bh,bhd->bd", np.maximum(np.asarray(w), 0), np.asarray(q))
-        needle = rng.integers(0, context, size=2)
+        q, w = (np.asarray(x) for x in indexer.queries(query["hidden"]))
+        if not (w > 0).any(axis=-1).all():
+            continue  # with no positive head weight no key can score above zero
         keys = np.array(memory["index_keys"])
-        keys[np.arange(2), needle] = 50.0 * direction / np.linalg.norm(direction, axis=-1, keepdims=True)
+        needle = rng.integers(0, context, size=2)
+        for i in range(2):
+            # q_h . k = +1 for heads of positive weight and -1 for the others (index_dim > heads)
+            best = np.linalg.pinv(q[i]) @ np.where(w[i] > 0, 1.0, -1.0)
+            value = np.maximum(q[i] @ best, 0) @ w[i]
+            assert value > 0
+            others = np.maximum(keys[i, :context] @ q[i].T, 0) @ w[i]
+            keys[i, needle[i]] = best * 4 * max(np.abs(others).max(), 1.0) / value
         memory = {**memory, "index_keys": jnp.asarray(keys)}
         scores = np.asarray(pipe.relevancy(memory, query))
         assert (scores.argmax(axis=-1) == needle).all()  # the premise: the needle dominates

@@ -116,30 +116,50 @@ class AttentionRecipe(Recipe):
         return {}
 
     def prepare(self, memory, update, *, backend: str):
-        """Append the new tokens to the KV cache, then refresh the recipe's own memory."""
+        """Append the new tokens to the KV cache, then refresh the recipe's own memory.
+
+        A single decoded token updates its block's summary incrementally (no re-read of the
+        cache: reading the cache around its in-place update makes XLA copy the whole cache
+        every step); several tokens (prefill) re-summarise the blocks they touch with the
+        ``summarize`` op.
+        """
         position = jnp.asarray(update["position"], jnp.int32)
         new = update["k"].shape[1]
+        touched = None if new == 1 else self.touched_blocks(memory["k"], update["k"], position)
         memory = dict(memory)
         memory["k"] = jax.lax.dynamic_update_slice_in_dim(memory["k"], update["k"].astype(jnp.float32), position, 1)
         memory["v"] = jax.lax.dynamic_update_slice_in_dim(memory["v"], update["v"].astype(jnp.float32), position, 1)
         memory["length"] = jnp.full_like(memory["length"], position + new)
-        return self.update_extra(memory, update, position, new, backend)
+        if touched is None:
+            return self.append_token(memory, update, position, backend)
+        return self.update_extra(memory, update, position, touched, backend)
 
-    def update_extra(self, memory, update, position, new: int, backend: str) -> dict:
+    def update_extra(self, memory, update, position, touched, backend: str) -> dict:
+        """Refresh the recipe's memory for several new tokens (`touched`: see touched_blocks)."""
         return memory
 
-    def refresh_blocks(self, memory, position, new: int, kind: str, backend: str):
-        """Summaries of the blocks that tokens [position, position + new) touched.
+    def append_token(self, memory, update, position, backend: str) -> dict:
+        """Refresh the recipe's memory for one new token at `position`."""
+        return self.update_extra(memory, update, position, None, backend)
 
-        Returns (first block, summaries of the touched blocks); only the touched blocks are
-        re-summarised, so a decode step costs one block, not the whole cache.
+    def touched_blocks(self, cache, new_keys, position):
+        """(first block, keys of the blocks that tokens [position, position + T) touch).
+
+        Read from the cache before the new tokens are written, with the new keys merged in.
         """
-        bs = self.block_size
-        touched = min(self.num_blocks, (new + bs - 2) // bs + 1)
-        first = jnp.minimum(position // bs, self.num_blocks - touched)
-        keys = jax.lax.dynamic_slice_in_dim(memory["k"], first * bs, touched * bs, 1)
-        filled = jnp.clip(memory["length"] - first * bs, 0, touched * bs)
-        return first, ops.summarize(keys, block_size=bs, kind=kind, lengths=filled, backend=backend)
+        bs, new = self.block_size, new_keys.shape[1]
+        count = min(self.num_blocks, (new + bs - 2) // bs + 1)
+        first = jnp.minimum(position // bs, self.num_blocks - count)
+        keys = jax.lax.dynamic_slice_in_dim(cache, first * bs, count * bs, 1)
+        keys = jax.lax.dynamic_update_slice_in_dim(keys, new_keys.astype(keys.dtype), position - first * bs, 1)
+        return first, keys
+
+    def refresh_blocks(self, memory, touched, kind: str, backend: str):
+        """Summaries of the touched blocks; only they are re-summarised, so a decode step
+        costs one block, not the whole cache.  Returns (first block, summaries)."""
+        first, keys = touched
+        filled = jnp.clip(memory["length"] - first * self.block_size, 0, keys.shape[1])
+        return first, ops.summarize(keys, block_size=self.block_size, kind=kind, lengths=filled, backend=backend)
 
     def valid_blocks(self, memory):
         return (memory["length"] + self.block_size - 1) // self.block_size
@@ -148,6 +168,16 @@ class AttentionRecipe(Recipe):
         """Apply step of the sparse recipes: attention over the selected blocks only."""
         return ops.sparse_attention(query["q"], memory["k"], memory["v"], block_indices,
                                     block_size=block_size, lengths=memory["length"], backend=backend)
+
+
+def block_of(position, block_size: int):
+    """(block index, tokens already in that block) of the token at `position`."""
+    return position // block_size, position % block_size
+
+
+def read_block(table, block):
+    """Row `block` of `table` [b, nb, ...] -> [b, ...]."""
+    return jax.lax.dynamic_index_in_dim(table, block, 1, keepdims=False)
 
 
 def write_blocks(table, first, blocks):

@@ -63,7 +63,7 @@ class DSARecipe(AttentionRecipe):
     def init_extra(self, batch):
         return {"index_keys": jnp.zeros((batch, self.capacity, self.indexer.index_dim), jnp.float32)}
 
-    def update_extra(self, memory, update, position, new, backend):
+    def update_extra(self, memory, update, position, touched, backend):
         keys = self.indexer.keys(update["hidden"]).astype(jnp.float32)
         memory["index_keys"] = jax.lax.dynamic_update_slice_in_dim(memory["index_keys"], keys, position, 1)
         return memory

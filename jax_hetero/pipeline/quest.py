@@ -1,7 +1,8 @@
 """quest: Quest / LServe page selection by a min-max upper bound.
 
 1. prepare    per page of `page_size` keys, the element-wise min and max
-              (``summarize(kind="minmax")``), refreshed only for the pages new tokens touch;
+              (``summarize(kind="minmax")`` over the pages new tokens touch; a single
+              decoded token updates its page's bounds in place);
 2. relevancy  upper bound of q.k over each page, sum_d max(q_d min_d, q_d max_d), summed
               over the query heads of each KV head (``relevancy(kind="quest")``) -> [b, hkv, pages];
 3. retrieve   the top ``budget // page_size`` pages per KV head (``topk``; -1 pads when the
@@ -14,7 +15,7 @@ multiple of page_size, default 2048 or the whole context if shorter).
 from __future__ import annotations
 
 from .. import ops
-from .attention import AttentionRecipe, AttentionShape, write_blocks
+from .attention import AttentionRecipe, AttentionShape, block_of, read_block, write_blocks
 
 import jax.numpy as jnp
 
@@ -40,10 +41,19 @@ class QuestRecipe(AttentionRecipe):
         pages = jnp.zeros((batch, self.num_blocks, s.num_kv_heads, s.head_dim), jnp.float32)
         return {"page_min": pages, "page_max": pages}
 
-    def update_extra(self, memory, update, position, new, backend):
-        first, (lo, hi) = self.refresh_blocks(memory, position, new, "minmax", backend)
+    def update_extra(self, memory, update, position, touched, backend):
+        first, (lo, hi) = self.refresh_blocks(memory, touched, "minmax", backend)
         memory["page_min"] = write_blocks(memory["page_min"], first, lo)
         memory["page_max"] = write_blocks(memory["page_max"], first, hi)
+        return memory
+
+    def append_token(self, memory, update, position, backend):
+        block, before = block_of(position, self.block_size)
+        key = update["k"][:, 0].astype(jnp.float32)  # [b, hkv, d]
+        lo = jnp.where(before == 0, key, jnp.minimum(read_block(memory["page_min"], block), key))
+        hi = jnp.where(before == 0, key, jnp.maximum(read_block(memory["page_max"], block), key))
+        memory["page_min"] = write_blocks(memory["page_min"], block, lo[:, None])
+        memory["page_max"] = write_blocks(memory["page_max"], block, hi[:, None])
         return memory
 
     def relevancy(self, memory, query, *, backend):

@@ -2,7 +2,8 @@
 
 1. prepare    mean-pooled keys of each block (``summarize(kind="mean")``) through the gate's
               key projection -> gate keys [b, blocks, hkv, gate_dim]; only blocks that new
-              tokens touch are recomputed;
+              tokens touch are recomputed (a single decoded token updates its block's gate
+              key as a running mean: the projection is linear);
 2. relevancy  the gate's query projection of q, dotted with the gate keys and summed over the
               query heads of each KV head (``relevancy(kind="dot")``) -> block logits
               [b, hkv, blocks];
@@ -23,7 +24,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from .. import ops
-from .attention import AttentionRecipe, AttentionShape, write_blocks
+from .attention import AttentionRecipe, AttentionShape, block_of, read_block, write_blocks
 
 GATE_INITS = ("identity", "random")
 
@@ -82,9 +83,19 @@ class SeerRecipe(AttentionRecipe):
         s = self.shape
         return {"gate_keys": jnp.zeros((batch, self.num_blocks, s.num_kv_heads, self.gate_dim), jnp.float32)}
 
-    def update_extra(self, memory, update, position, new, backend):
-        first, mean_keys = self.refresh_blocks(memory, position, new, "mean", backend)
+    def update_extra(self, memory, update, position, touched, backend):
+        first, mean_keys = self.refresh_blocks(memory, touched, "mean", backend)
         memory["gate_keys"] = write_blocks(memory["gate_keys"], first, self.gate.key(mean_keys))
+        return memory
+
+    def append_token(self, memory, update, position, backend):
+        # The gate's key projection is linear, so the gate key of a block mean updates as a
+        # running mean of the projected keys.
+        block, before = block_of(position, self.block_size)
+        projected = self.gate.key(update["k"][:, 0]).astype(jnp.float32)  # [b, hkv, gate_dim]
+        old = read_block(memory["gate_keys"], block)
+        mean = (old * before + projected) / (before + 1)
+        memory["gate_keys"] = write_blocks(memory["gate_keys"], block, mean[:, None])
         return memory
 
     def relevancy(self, memory, query, *, backend):

@@ -1,0 +1,135 @@
+"""Where the time of one decode step goes: the four memory steps and the rest of the model.
+
+Method (per recipe, context length and backend):
+  1. Build the decoder with the recipe and fill every layer's memory with `context - 1`
+     random tokens (random keys, values and hidden states through the recipe's own
+     prepare), so long contexts need no O(n^2) prefill.
+  2. Time the whole jitted decode step (memory donated, updated in place) -> total.
+  3. Time each step of layer 0's pipeline jitted on its own, with that layer's real memory
+     and a decode query -> per-step time; every layer has the same shapes, so a step costs
+     `layers x` that per token.
+  4. rest of the model = total - sum of the steps (embedding, norms, projections, MLP, head).
+Each time is the median of `reps` synchronised runs after a warm-up (compilation excluded).
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import platform
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from ..nn import Decoder, DecoderConfig
+from ..pipeline import STEPS
+from .timing import median_seconds, median_seconds_threaded
+
+# The decoder profiled by default: small enough for a laptop, large enough that the rest of
+# the model is not negligible (about 11 M parameters in the layers).
+PROFILE_CONFIG = DecoderConfig(vocab_size=256, hidden_dim=512, num_layers=4, num_heads=8,
+                               num_kv_heads=2, head_dim=64, mlp_dim=1408, max_len=131_072)
+
+DEFAULT_OPTIONS = {"dense": {}, "quest": dict(page_size=16, budget=2048),
+                   "seer": dict(block_size=64, budget=2048), "dsa": dict(budget=2048)}
+
+
+@dataclasses.dataclass
+class StepProfile:
+    recipe: str
+    context: int
+    backend: str
+    device: str
+    layers: int
+    steps_ms: dict          # step -> ms per decode step, all layers
+    rest_ms: float
+    total_ms: float
+    date: str = dataclasses.field(default_factory=lambda: datetime.date.today().isoformat())
+
+    @property
+    def memory_ms(self) -> float:
+        return sum(self.steps_ms.values())
+
+    @property
+    def memory_share(self) -> float:
+        """Fraction of the decode step spent in the four memory-processing steps."""
+        return self.memory_ms / self.total_ms if self.total_ms else 0.0
+
+    def to_dict(self) -> dict:
+        return {**dataclasses.asdict(self), "memory_ms": self.memory_ms, "memory_share": self.memory_share}
+
+
+def device_name() -> str:
+    device = jax.devices()[0]
+    if device.platform == "cpu":
+        return f"cpu ({platform.processor() or platform.machine()}, {jax.device_count()} device, " \
+               f"{_cpu_count()} cores)"
+    return f"{device.platform} ({device.device_kind})"
+
+
+def _cpu_count() -> int:
+    import os
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+@partial(jax.jit, static_argnums=(0,), donate_argnums=(2,))
+def _decode_step(graphdef, state, memory, token, position):
+    logits, memory = nnx.merge(graphdef, state).decode_step(memory, token, position)
+    return logits, memory
+
+
+def random_tokens(rng, config: DecoderConfig, count: int, position: int, batch: int = 1):
+    """A prepare update of `count` random tokens (keys, values, hidden states)."""
+    normal = lambda *shape: jnp.asarray(rng.standard_normal(shape), jnp.float32)
+    c = config
+    return {"k": normal(batch, count, c.num_kv_heads, c.head_dim),
+            "v": normal(batch, count, c.num_kv_heads, c.head_dim),
+            "hidden": normal(batch, count, c.hidden_dim), "position": jnp.int32(position)}
+
+
+def filled_memory(model: Decoder, context: int, rng):
+    """Every layer's memory holding `context - 1` random tokens."""
+    return [jax.jit(pipe.prepare)(pipe.init_memory(1), random_tokens(rng, model.config, context - 1, 0))
+            for pipe in model.pipelines]
+
+
+def profile_decode(recipe: str, context: int, *, backend: str = "auto", options: dict | None = None,
+                   config: DecoderConfig = PROFILE_CONFIG, reps: int = 5, seed: int = 0) -> StepProfile:
+    """Profile one decode step of `recipe` at `context` tokens on `backend`."""
+    if context > config.max_len:
+        raise ValueError(f"profile: context={context} exceeds the model's max_len={config.max_len}")
+    options = dict(DEFAULT_OPTIONS.get(recipe, {}) if options is None else options)
+    if "budget" in options:
+        options["budget"] = min(options["budget"], context - context % options.get("page_size", options.get("block_size", 1)))
+    config = dataclasses.replace(config, max_len=context)
+    model = Decoder(config, recipe=recipe, recipe_options=options, backend=backend, seed=seed)
+    rng = np.random.default_rng(seed)
+    memory = filled_memory(model, context, rng)
+    position = jnp.int32(context - 1)
+
+    graphdef, state = nnx.split(model)
+    token = jnp.zeros((1,), jnp.int32)
+    total, memory = median_seconds_threaded(
+        lambda mem: _decode_step(graphdef, state, mem, token, position)[1], memory, reps)
+
+    pipe, layer_memory = model.pipelines[0], memory[0]
+    update = random_tokens(rng, config, 1, context - 1)
+    query = {"q": jnp.asarray(rng.standard_normal((1, config.num_heads, config.head_dim)), jnp.float32),
+             "hidden": jnp.asarray(rng.standard_normal((1, config.hidden_dim)), jnp.float32)}
+    prepare = jax.jit(pipe.prepare, donate_argnums=0)
+    t_prepare, layer_memory = median_seconds_threaded(lambda mem: prepare(mem, update), layer_memory, reps)
+    relevancy, retrieve, apply = jax.jit(pipe.relevancy), jax.jit(pipe.retrieve), jax.jit(pipe.apply)
+    scores = relevancy(layer_memory, query)
+    selection = retrieve(layer_memory, scores)
+    per_layer = {
+        "prepare": t_prepare,
+        "relevancy": median_seconds(lambda: relevancy(layer_memory, query), reps) if scores is not None else 0.0,
+        "retrieve": median_seconds(lambda: retrieve(layer_memory, scores), reps) if selection is not None else 0.0,
+        "apply": median_seconds(lambda: apply(layer_memory, query, selection), reps),
+    }
+    steps_ms = {step: per_layer[step] * 1e3 * config.num_layers for step in STEPS}
+    total_ms = total * 1e3
+    return StepProfile(recipe, context, backend, device_name(), config.num_layers, steps_ms,
+                       max(total_ms - sum(steps_ms.values()), 0.0), total_ms)
