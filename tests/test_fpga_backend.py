@@ -193,13 +193,13 @@ def test_capacity_exceeded_is_a_clear_error(rng, monkeypatch):
     fpga.reset()
     q, keys, weights = indexer_inputs(rng, "dsa", jnp.float32, n=8192, d=64)  # 2 x 8192 x 256 B = 4 MiB
     with pytest.raises(JaxRuntimeError, match=r"indexer: the memory tensor needs .* device memory.*Fix"):
-        indexer_fn("dsa", 8, "fpga")(q, keys, weights, None).block_until_ready()
+        jax.block_until_ready(indexer_fn("dsa", 8, "fpga")(q, keys, weights, None))
 
 
 def test_k_larger_than_the_kernel_supports(rng):
     q, keys, weights = indexer_inputs(rng, "dsa", jnp.float32, n=5000, d=16, b=1)
     with pytest.raises(JaxRuntimeError, match="exceeds the FPGA kernel's maximum k=2048"):
-        indexer_fn("dsa", 4096, "fpga")(q, keys, weights, None).block_until_ready()
+        jax.block_until_ready(indexer_fn("dsa", 4096, "fpga")(q, keys, weights, None))
 
 
 def test_unsupported_dtype_for_the_kernel(rng):
@@ -288,3 +288,22 @@ def test_gather_index_out_of_range_at_run_time(rng):
     f = jax.jit(lambda t, i: jh.gather(t, i, backend="fpga"))
     with pytest.raises(JaxRuntimeError, match=r"gather: indices\[2\]=30 is outside \[-1, 30\)"):
         f(table, jnp.array([0, 5, 30], jnp.int32)).block_until_ready()
+
+
+@pytest.mark.gpu
+def test_cuda_platform_stages_through_host(rng):
+    """On the CUDA platform the handler copies on XLA's stream; results stay on the GPU."""
+    if jax.default_backend() != "gpu" or not backends.module("fpga").details()["cuda_copies_compiled"]:
+        pytest.skip("needs a CUDA GPU and the bridge built with the CUDA toolkit")
+    q, keys, weights = indexer_inputs(rng, "dsa", jnp.bfloat16, n=1000)
+    f, ref = indexer_fn("dsa", 32, "fpga"), indexer_fn("dsa", 32, "xla")
+    for length in (500, 510):
+        lengths = jnp.array([length, length - 100], jnp.int32)
+        out = f(q, keys, weights, lengths)
+        assert out[1].devices() == q.devices()
+        np.testing.assert_array_equal(np.asarray(out[1]), np.asarray(ref(q, keys, weights, lengths)[1]))
+    assert fpga.stats()[-1]["memory_rows_uploaded"] == 20
+    table = jnp.asarray(rng.standard_normal((300, 4, 7)), jnp.float16)
+    indices = jnp.asarray(rng.integers(-1, 300, (5, 11)), jnp.int32)
+    np.testing.assert_array_equal(np.asarray(jax.jit(lambda t, i: jh.gather(t, i, backend="fpga"))(table, indices)),
+                                  np.asarray(jh.gather(table, indices, backend="xla")))
