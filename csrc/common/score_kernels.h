@@ -60,10 +60,13 @@ template <class V> JH_INLINE V load(const float* p) {
 }
 template <class V> JH_INLINE void store(float* p, V v) { std::memcpy(p, &v, sizeof(V)); }
 
+// Pairwise sum of the lanes: a short dependency chain, and a fixed order.
 template <class V> JH_INLINE float lane_sum(V v) {
-  float s = 0.0f;
-  for (int l = 0; l < kLanes<V>; ++l) s += v[l];
-  return s;
+  float s[kLanes<V>];
+  std::memcpy(s, &v, sizeof(v));
+  for (int width = kLanes<V> / 2; width >= 1; width /= 2)
+    for (int i = 0; i < width; ++i) s[i] += s[i + width];
+  return s[0];
 }
 
 // max that returns NaN when either side is NaN (jnp.maximum), unlike maxps.
@@ -248,9 +251,10 @@ JH_INLINE void dsa_tile_impl(const float* qt, const float* w, const float* live,
   dsa_tile_width<f32x4>(qt, w, live, heads, stride, dim, keys, begin, end, out, scratch);
 }
 
-// One compiled copy of each kernel per ISA.  T is the element type of the memory operand.
-#define JH_SCORING_VARIANTS(name, params, args)                                              \
-  template <class T> JH_TARGET_AVX512 void name##_avx512 params { name##_impl<f32x16, T> args; } \
+// One compiled copy of each kernel per ISA.  T is the element type of the memory operand;
+// wide is the vector type of the AVX-512 copy.
+#define JH_SCORING_VARIANTS(name, wide, params, args)                                        \
+  template <class T> JH_TARGET_AVX512 void name##_avx512 params { name##_impl<wide, T> args; }  \
   template <class T> JH_TARGET_AVX2 void name##_avx2 params { name##_impl<f32x8, T> args; }     \
   template <class T> void name##_base params { name##_impl<f32x4, T> args; }                    \
   template <class T> void name params {                                                      \
@@ -261,15 +265,17 @@ JH_INLINE void dsa_tile_impl(const float* qt, const float* w, const float* live,
     }                                                                                         \
   }
 
-JH_SCORING_VARIANTS(dot_tile,
+JH_SCORING_VARIANTS(dot_tile, f32x16,
                     (const float* qsum, const T* entries, int64_t stride, int64_t d, int64_t begin,
                      int64_t end, float* out, float* scratch),
                     (qsum, entries, stride, d, begin, end, out, scratch))
-JH_SCORING_VARIANTS(quest_tile,
+// 8 lanes under AVX-512 too: GCC (12) scalarises the two-compare select of nan_max on
+// 16-lane vectors in an always-inline template.
+JH_SCORING_VARIANTS(quest_tile, f32x8,
                     (const float* q, int64_t group, const T* lo, const T* hi, int64_t stride,
                      int64_t d, int64_t begin, int64_t end, float* out, float* scratch),
                     (q, group, lo, hi, stride, d, begin, end, out, scratch))
-JH_SCORING_VARIANTS(dsa_tile,
+JH_SCORING_VARIANTS(dsa_tile, f32x16,
                     (const float* qt, const float* w, const float* live, int64_t heads, int64_t stride,
                      int64_t dim, const T* keys, int64_t begin, int64_t end, float* out, float* scratch),
                     (qt, w, live, heads, stride, dim, keys, begin, end, out, scratch))
