@@ -307,3 +307,21 @@ def test_cuda_platform_stages_through_host(rng):
     indices = jnp.asarray(rng.integers(-1, 300, (5, 11)), jnp.int32)
     np.testing.assert_array_equal(np.asarray(jax.jit(lambda t, i: jh.gather(t, i, backend="fpga"))(table, indices)),
                                   np.asarray(jh.gather(table, indices, backend="xla")))
+
+
+def test_pyxrt_is_used_for_discovery_when_importable(monkeypatch):
+    """With XRT's Python binding importable, devices() and inspect_xclbin() go through it."""
+    import types
+    info = types.SimpleNamespace(name="name", bdf="bdf")
+    kernel = types.SimpleNamespace(get_name=lambda: "hetero_indexer")
+    stub = types.SimpleNamespace(
+        enumerate_devices=lambda: 1, xrt_info_device=info,
+        device=lambda index: types.SimpleNamespace(get_info=lambda what: {"name": "xilinx_u55c_gen3x16", "bdf": "0000:3b:00.1"}[what]),
+        xclbin=lambda path: types.SimpleNamespace(get_kernels=lambda: [kernel], get_xsa_name=lambda: "u55c",
+                                                  get_uuid=lambda: "1234"))
+    monkeypatch.setitem(sys.modules, "pyxrt", stub)
+    found = fpga.devices()
+    assert found[0] == {"spec": "xrt:0", "kind": "xrt", "name": "xilinx_u55c_gen3x16", "bdf": "0000:3b:00.1",
+                        "found_by": "pyxrt"}
+    assert found[-1]["kind"] == "emulated"
+    assert fpga.inspect_xclbin("hetero.xclbin") == {"kernels": ["hetero_indexer"], "xsa": "u55c", "uuid": "1234"}
