@@ -346,6 +346,12 @@ void test_xrt_noop() {
   test_mirror_full_verify(*dev);
   IndexerLaunch launch;
   expect_error([&] { dev->run_indexer(launch); }, "no xclbin loaded", "kernel launch without xclbin");
+  {  // XRT's own failure (a write past the buffer's end) comes back as a DeviceError
+    auto buf = dev->allocate(4096, BufferRole::kGatherTable);
+    std::vector<uint8_t> bytes(8192);
+    expect_error([&] { dev->write(*buf, 0, bytes.data(), bytes.size()); }, "failed on xrt:0 (XRT:",
+                 "XRT failure is reported");
+  }
   expect_error([&] { make_xrt_device(0, "/nonexistent/hetero.xclbin"); }, "does not exist", "missing xclbin");
   const std::string empty = write_empty_xclbin();
   expect_error([&] { make_xrt_device(0, empty); }, "hetero_indexer", "xclbin lacking the kernel");
