@@ -47,6 +47,14 @@ inline uint32_t key_of(float16_bits x) {
   return b ^ (uint32_t(int32_t(b) >> 31) | 0x80000000u);
 }
 
+// The element's bits as a signed integer (16-bit types shifted into the high half, as in
+// key_of).  Among non-negative floats this orders like the key, and every negative float is
+// below them: a threshold at or above +0.0 can be tested on these bits without building keys.
+inline int32_t signed_bits(float x) { return int32_t(float_to_bits(x)); }
+inline int32_t signed_bits(bfloat16_bits x) { return int32_t(uint32_t(x.bits) << 16); }
+inline int32_t signed_bits(float16_bits x) { return int32_t(uint32_t(x.bits) << 16); }
+inline int32_t signed_bits(uint32_t key) { return int32_t(key ^ 0x80000000u); }
+
 // Already a key (the sampled keys of sample_admit).
 inline uint32_t key_of(uint32_t key) { return key; }
 
@@ -86,9 +94,15 @@ void select_packed(const T* x, int64_t begin, int64_t end, int64_t k, std::vecto
   };
   if (count >= capacity && i < end && !compact()) i = end;
   for (; i + kBlock <= end; i += kBlock) {
-    uint32_t block_max = 0;
-    for (int64_t j = 0; j < kBlock; ++j) block_max = std::max(block_max, key_of(x[i + j]));
-    if (block_max < admit) continue;
+    if (admit > 0x80000000u) {  // only positive floats can enter: compare raw bits
+      int32_t block_max = INT32_MIN;
+      for (int64_t j = 0; j < kBlock; ++j) block_max = std::max(block_max, signed_bits(x[i + j]));
+      if (block_max < int32_t(admit - 0x80000000u)) continue;
+    } else {
+      uint32_t block_max = 0;
+      for (int64_t j = 0; j < kBlock; ++j) block_max = std::max(block_max, key_of(x[i + j]));
+      if (block_max < admit) continue;
+    }
     for (int64_t j = 0; j < kBlock; ++j) {  // branch-free append of the passing entries
       const uint32_t key = key_of(x[i + j]);
       buf[count] = pack_candidate(key, i + j);
