@@ -7,6 +7,7 @@
 #include "common/ffi_util.h"
 #include "common/parallel.h"
 #include "common/registry.h"
+#include "common/score_kernels.h"
 
 namespace jax_hetero {
 namespace {
@@ -50,25 +51,26 @@ void for_blocks(const Shape& s, const int32_t* lengths, Fn&& fn) {
 template <class T>
 void minmax_blocks(const Shape& s, const T* k, const int32_t* lengths, T* lo, T* hi) {
   for_blocks(s, lengths, [&](int64_t row, int64_t block, int64_t first, int64_t end) {
-    std::vector<float> mn(s.features, 0.0f), mx(s.features, 0.0f);
+    std::vector<float> mn(s.features, 0.0f), mx(s.features, 0.0f), nan(s.features, 0.0f), buf(s.features);
     if (first < end) {
-      const T* x = k + (row * s.n + first) * s.features;
-      for (int64_t f = 0; f < s.features; ++f) mn[f] = mx[f] = to_float(x[f]);
+      const float* x = scoring::as_float(k + (row * s.n + first) * s.features, s.features, buf.data());
+      for (int64_t f = 0; f < s.features; ++f) mn[f] = mx[f] = nan[f] = x[f];
     }
     for (int64_t t = first + 1; t < end; ++t) {
-      const T* x = k + (row * s.n + t) * s.features;
+      const float* x = scoring::as_float(k + (row * s.n + t) * s.features, s.features, buf.data());
+      // One comparison per select keeps the loop vectorised; NaNs are tracked on the side.
       for (int64_t f = 0; f < s.features; ++f) {
-        const float v = to_float(x[f]);
-        // NaN propagates, as in jnp.min / jnp.max.
-        mn[f] = (v < mn[f] || v != v) ? v : mn[f];
-        mx[f] = (v > mx[f] || v != v) ? v : mx[f];
+        const float v = x[f];
+        mn[f] = v < mn[f] ? v : mn[f];
+        mx[f] = v > mx[f] ? v : mx[f];
+        nan[f] = v != v ? v : nan[f];
       }
     }
     T* lo_out = lo + (row * s.blocks + block) * s.features;
     T* hi_out = hi + (row * s.blocks + block) * s.features;
-    for (int64_t f = 0; f < s.features; ++f) {
-      lo_out[f] = from_float<T>(mn[f]);
-      hi_out[f] = from_float<T>(mx[f]);
+    for (int64_t f = 0; f < s.features; ++f) {  // NaN propagates, as in jnp.min / jnp.max
+      lo_out[f] = from_float<T>(nan[f] != nan[f] ? nan[f] : mn[f]);
+      hi_out[f] = from_float<T>(nan[f] != nan[f] ? nan[f] : mx[f]);
     }
   });
 }
@@ -76,10 +78,10 @@ void minmax_blocks(const Shape& s, const T* k, const int32_t* lengths, T* lo, T*
 template <class T>
 void mean_blocks(const Shape& s, const T* k, const int32_t* lengths, T* mean) {
   for_blocks(s, lengths, [&](int64_t row, int64_t block, int64_t first, int64_t end) {
-    std::vector<float> sum(s.features, 0.0f);
+    std::vector<float> sum(s.features, 0.0f), buf(s.features);
     for (int64_t t = first; t < end; ++t) {
-      const T* x = k + (row * s.n + t) * s.features;
-      for (int64_t f = 0; f < s.features; ++f) sum[f] += to_float(x[f]);
+      const float* x = scoring::as_float(k + (row * s.n + t) * s.features, s.features, buf.data());
+      for (int64_t f = 0; f < s.features; ++f) sum[f] += x[f];
     }
     const float count = float(std::max<int64_t>(end - first, 1));
     T* out = mean + (row * s.blocks + block) * s.features;
