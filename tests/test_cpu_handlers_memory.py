@@ -129,6 +129,16 @@ def test_summarize_empty_and_partial_blocks():
     np.testing.assert_array_equal(mean[1, :, 0], [[24, 25], [30, 31], [0, 0]])
 
 
+def test_summarize_minmax_propagates_nan():
+    keys = np.arange(2 * 12 * 2 * 3, dtype=np.float32).reshape(2, 12, 2, 3)
+    keys[0, 0, 0, 0] = keys[0, 5, 1, 2] = keys[1, 11, 0, 1] = np.nan  # first, middle, last token
+    keys = jnp.asarray(keys, jnp.bfloat16)
+    for lengths in ([12, 12], [3, 11]):
+        lengths = jnp.array(lengths, jnp.int32)
+        assert_same(jh.summarize(keys, block_size=4, kind="minmax", lengths=lengths, backend="cpu"),
+                    jh.summarize(keys, block_size=4, kind="minmax", lengths=lengths, backend="xla"))
+
+
 def test_summarize_nested_vmap():
     rng = np.random.default_rng(2)
     keys = random_array(rng, (2, 3, 2, 33, 2, 8), jnp.bfloat16)
