@@ -17,4 +17,9 @@ except AttributeError:  # pragma: no cover - older jax
     from jax._src.lib import xla_client as _xc
     JaxRuntimeError = _xc.XlaRuntimeError
 
-__all__ = ["shard_map", "platform_dependent", "ffi_call", "JaxRuntimeError"]
+# A run-time error of a jitted call is JaxRuntimeError on its first (compiling) call, but jax
+# 0.7.2 .. 0.10.x raise a plain ValueError with the same message once the C++ dispatch fast
+# path is cached (jax-ml/jax#34083).  Catch both.
+RUNTIME_ERRORS = (JaxRuntimeError, ValueError)
+
+__all__ = ["shard_map", "platform_dependent", "ffi_call", "JaxRuntimeError", "RUNTIME_ERRORS"]

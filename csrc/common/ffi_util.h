@@ -20,6 +20,16 @@ ffi::Error op_error(const char* op, Parts&&... parts) {
   return ffi::Error(ffi::ErrorCode::kInvalidArgument, msg.str());
 }
 
+// For bad *data* found while running (an index out of range): kOutOfRange reaches Python as
+// jax.errors.JaxRuntimeError, whereas kInvalidArgument would surface as a plain ValueError.
+template <class... Parts>
+ffi::Error data_error(const char* op, Parts&&... parts) {
+  std::ostringstream msg;
+  msg << op << ": ";
+  (msg << ... << parts);
+  return ffi::Error(ffi::ErrorCode::kOutOfRange, msg.str());
+}
+
 inline int64_t product(ffi::Span<const int64_t> dims, size_t begin, size_t end) {
   int64_t p = 1;
   for (size_t i = begin; i < end; ++i) p *= dims[i];

@@ -90,7 +90,7 @@ ffi::Error gather_cpu(ffi::AnyBuffer table, ffi::Buffer<ffi::S32> indices, ffi::
   });
   if (const int64_t row = first_bad.load(); row != INT64_MAX) {
     const int64_t batch = row / rows, r = row % rows;
-    return op_error(kOp, "indices contains ", idx[index_offset[batch] * rows + r], " (at row ", r,
+    return data_error(kOp, "indices contains ", idx[index_offset[batch] * rows + r], " (at row ", r,
                     " of batch element ", batch, "), outside [0, ", m, ") (table has m=", m,
                     " rows); use -1 for an unused slot");
   }

@@ -162,7 +162,7 @@ ffi::Error sparse_attention_cpu(ffi::AnyBuffer q, ffi::AnyBuffer k, ffi::AnyBuff
   const int64_t slots = int64_t(block_indices.element_count());
   for (int64_t i = 0; i < slots; ++i)
     if (indices[i] < -1 || indices[i] >= nb)
-      return op_error(kOp, "block_indices contains ", indices[i], ", outside [0, ", nb, ") (k has ",
+      return data_error(kOp, "block_indices contains ", indices[i], ", outside [0, ", nb, ") (k has ",
                       nb, " blocks of ", block_size, " tokens); use -1 for an unused slot");
   if (s.batch == 0 || s.hq == 0 || s.d == 0) return ffi::Error::Success();
   return dispatch_float(kOp, "q", q.element_type(), [&](auto tag) {
