@@ -1,7 +1,6 @@
 """rag: BM25 agrees with established implementations; retrieval and prompt assembly."""
 import importlib
 import inspect
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -11,12 +10,7 @@ import pytest
 from jax_hetero.nn import RetrievalMemory
 from jax_hetero.pipeline import MemoryPipeline, RAGRecipe
 from jax_hetero.pipeline.bm25 import bm25_scores, build_bm25, tokenize
-
-CORPUS = Path(__file__).resolve().parents[1] / "examples" / "corpus.txt"
-
-
-def shipped_corpus():
-    return [p.strip() for p in CORPUS.read_text().split("\n\n") if p.strip()]
+from jax_hetero.pipeline.rag import shipped_corpus
 
 
 def stdlib_corpus():

@@ -56,12 +56,11 @@ def dense_decode_attention(q, k, v, lengths, scale=None):
     n, hkv = k.shape[1], k.shape[2]
     scale = d ** -0.5 if scale is None else scale
     qg = q.astype(jnp.float32).reshape(b, hkv, hq // hkv, d)
-    logits = jnp.einsum("bgjd,bngd->bgjn", qg, k.astype(jnp.float32)) * scale
-    valid = (jnp.arange(n) < lengths[:, None])[:, None, None, :]
-    logits = jnp.where(valid, logits, -jnp.inf)
-    weights = jax.nn.softmax(logits, axis=-1)
-    weights = jnp.where(valid, weights, 0.0)
-    out = jnp.einsum("bgjn,bngd->bgjd", weights, v.astype(jnp.float32))
+    # Token axis kept second, as in the cache: no transposed copy of the cache per step.
+    logits = jnp.einsum("bgjd,bngd->bngj", qg, k.astype(jnp.float32)) * scale
+    valid = (jnp.arange(n) < lengths[:, None])[:, :, None, None]
+    weights = jnp.where(valid, jax.nn.softmax(jnp.where(valid, logits, -jnp.inf), axis=1), 0.0)
+    out = jnp.einsum("bngj,bngd->bgjd", weights, v.astype(jnp.float32))
     return out.reshape(b, hq, d).astype(q.dtype)
 
 

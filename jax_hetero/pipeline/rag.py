@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import zlib
+from pathlib import Path
 from typing import Callable, Sequence
 
 import jax
@@ -29,6 +30,12 @@ from .bm25 import IDF_KINDS, BM25Index, bm25_scores, build_bm25, tokenize
 from .core import Recipe
 
 SCORINGS = ("bm25", "dense")
+CORPUS = Path(__file__).with_name("corpus.txt")
+
+
+def shipped_corpus() -> list[str]:
+    """The small corpus shipped for examples and tests: 38 short paragraphs, one per topic."""
+    return [p.strip() for p in CORPUS.read_text(encoding="utf-8").split("\n\n") if p.strip()]
 
 
 def byte_tokens(text: str) -> list[int]:

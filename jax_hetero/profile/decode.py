@@ -9,7 +9,7 @@ Method (per recipe, context length and backend):
      and a decode query -> per-step time; every layer has the same shapes, so a step costs
      `layers x` that per token.
   4. rest of the model = total - sum of the steps (embedding, norms, projections, MLP, head).
-Each time is the median of `reps` synchronised runs after a warm-up (compilation excluded).
+Each time is the best of `reps` synchronised runs after a warm-up (compilation excluded).
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from flax import nnx
 
 from ..nn import Decoder, DecoderConfig
 from ..pipeline import STEPS
-from .timing import median_seconds, median_seconds_threaded
+from .timing import best_seconds, best_seconds_threaded
 
 # The decoder profiled by default: small enough for a laptop, large enough that the rest of
 # the model is not negligible (about 11 M parameters in the layers).
@@ -111,7 +111,7 @@ def profile_decode(recipe: str, context: int, *, backend: str = "auto", options:
 
     graphdef, state = nnx.split(model)
     token = jnp.zeros((1,), jnp.int32)
-    total, memory = median_seconds_threaded(
+    total, memory = best_seconds_threaded(
         lambda mem: _decode_step(graphdef, state, mem, token, position)[1], memory, reps)
 
     pipe, layer_memory = model.pipelines[0], memory[0]
@@ -119,15 +119,15 @@ def profile_decode(recipe: str, context: int, *, backend: str = "auto", options:
     query = {"q": jnp.asarray(rng.standard_normal((1, config.num_heads, config.head_dim)), jnp.float32),
              "hidden": jnp.asarray(rng.standard_normal((1, config.hidden_dim)), jnp.float32)}
     prepare = jax.jit(pipe.prepare, donate_argnums=0)
-    t_prepare, layer_memory = median_seconds_threaded(lambda mem: prepare(mem, update), layer_memory, reps)
+    t_prepare, layer_memory = best_seconds_threaded(lambda mem: prepare(mem, update), layer_memory, reps)
     relevancy, retrieve, apply = jax.jit(pipe.relevancy), jax.jit(pipe.retrieve), jax.jit(pipe.apply)
     scores = relevancy(layer_memory, query)
     selection = retrieve(layer_memory, scores)
     per_layer = {
         "prepare": t_prepare,
-        "relevancy": median_seconds(lambda: relevancy(layer_memory, query), reps) if scores is not None else 0.0,
-        "retrieve": median_seconds(lambda: retrieve(layer_memory, scores), reps) if selection is not None else 0.0,
-        "apply": median_seconds(lambda: apply(layer_memory, query, selection), reps),
+        "relevancy": best_seconds(lambda: relevancy(layer_memory, query), reps) if scores is not None else 0.0,
+        "retrieve": best_seconds(lambda: retrieve(layer_memory, scores), reps) if selection is not None else 0.0,
+        "apply": best_seconds(lambda: apply(layer_memory, query, selection), reps),
     }
     steps_ms = {step: per_layer[step] * 1e3 * config.num_layers for step in STEPS}
     total_ms = total * 1e3
