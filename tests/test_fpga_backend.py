@@ -277,7 +277,13 @@ def test_xrt_noop_device_opens_and_refuses_kernels_without_xclbin(tmp_path):
     assert "has no xclbin loaded" in out and "JAX_HETERO_XCLBIN" in out
 
 
-def test_no_card_error_names_cause_and_fix(tmp_path):
+def test_no_card_error_names_cause_and_fix(tmp_path, monkeypatch):
+    if not backends.module("fpga").details()["xrt_compiled"]:
+        monkeypatch.setenv("JAX_HETERO_FPGA_DEVICE", "xrt:0")
+        fpga.reset()
+        with pytest.raises(RuntimeError, match="built without XRT.*libxrt-dev.*JAX_HETERO_FPGA_DEVICE=emulated"):
+            fpga.current()
+        return
     out = _run_xrt(tmp_path)
     assert "ERROR" in out and "Could not open device with index '0'" in out
     assert "JAX_HETERO_FPGA_DEVICE=emulated" in out
