@@ -331,3 +331,12 @@ def test_pyxrt_is_used_for_discovery_when_importable(monkeypatch):
                         "found_by": "pyxrt"}
     assert found[-1]["kind"] == "emulated"
     assert fpga.inspect_xclbin("hetero.xclbin") == {"kernels": ["hetero_indexer"], "xsa": "u55c", "uuid": "1234"}
+
+
+@pytest.mark.parametrize("table_axis", [0, None])
+def test_gather_under_vmap(rng, table_axis):
+    tables = jnp.asarray(rng.standard_normal((3, 40, 5)), jnp.float32)
+    indices = jnp.asarray(rng.integers(-1, 40, (3, 2, 6)), jnp.int32)
+    table_arg = tables if table_axis == 0 else tables[0]
+    f = lambda backend: jax.jit(jax.vmap(lambda t, i: jh.gather(t, i, backend=backend), in_axes=(table_axis, 0)))
+    np.testing.assert_array_equal(np.asarray(f("fpga")(table_arg, indices)), np.asarray(f("xla")(table_arg, indices)))
