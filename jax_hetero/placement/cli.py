@@ -1,0 +1,29 @@
+"""`jax-hetero plan`: measure, model and print the best placement of a recipe's steps."""
+from __future__ import annotations
+
+import json
+import sys
+
+
+def add_arguments(parser):
+    from .planner import OBJECTIVES, PLANNABLE
+    from ..__main__ import parse_tokens
+    parser.add_argument("--recipe", choices=PLANNABLE, default="dsa")
+    parser.add_argument("--context", type=parse_tokens, default=131072, help="tokens (e.g. 32K, 131072)")
+    parser.add_argument("--objective", choices=OBJECTIVES, default="time")
+    parser.add_argument("--no-fpga", action="store_true", help="plan without the (modelled) FPGA")
+    parser.add_argument("--json", metavar="PATH", help="also write the placement as JSON")
+
+
+def run(args):
+    from .devices import available_devices
+    from .planner import plan_placement
+    progress = lambda message: print(f"[plan] {message} ...", file=sys.stderr, flush=True)
+    placement = plan_placement(args.recipe, args.context, devices=available_devices(not args.no_fpga),
+                               objective=args.objective, progress=progress)
+    print(placement.table())
+    print(f"plan for MemoryPipeline(plan=...): {placement.plan}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(placement.to_dict(), f, indent=2)
+    return 0

@@ -1,0 +1,94 @@
+"""The placement planner: feasibility, transfer and energy accounting, and that its plan runs."""
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jax_hetero.fpga import timing_model
+from jax_hetero.placement import Device, cpu_device, fpga_device, plan_placement, transfer_seconds
+from jax_hetero.placement.workloads import attention_workload
+from jax_hetero.profile import PROFILE_CONFIG
+
+CONTEXT = 16384
+
+
+def _fake_gpu():
+    return Device("gpu", "xla", 700.0, 70.0, "assumed", jax.devices("cpu")[0])
+
+
+def _measured(cpu_relevancy=5e-3, gpu_relevancy=1e-3):
+    steps = lambda rel: {"prepare": 1e-4, "relevancy": rel, "retrieve": 5e-4, "apply": 2e-4}
+    return {"cpu": (steps(cpu_relevancy), 10e-3), "gpu": (steps(gpu_relevancy), 2e-3)}
+
+
+def test_fpga_only_takes_the_fused_steps():
+    placement = plan_placement("dsa", CONTEXT, devices=[cpu_device(), fpga_device()],
+                               measured=_measured(cpu_relevancy=1.0))
+    plan = placement.plan
+    assert plan["relevancy"] == plan["retrieve"] == "fpga"
+    assert plan["prepare"] != "fpga" and plan["apply"] != "fpga"
+    fpga_rows = [c for c in placement.steps if c.device == "fpga"]
+    assert all("modelled" in c.source for c in fpga_rows)
+    expected = timing_model.indexer_time(**attention_workload("dsa", CONTEXT, PROFILE_CONFIG, {"budget": 2048}).fpga_indexer)
+    assert fpga_rows[0].seconds == pytest.approx(expected * PROFILE_CONFIG.num_layers)
+
+
+def test_slow_fpga_is_not_chosen_and_dense_never_uses_it():
+    placement = plan_placement("dsa", CONTEXT, devices=[cpu_device(), fpga_device()],
+                               measured=_measured(cpu_relevancy=1e-6))
+    assert set(placement.plan.values()) == {"cpu"}
+    assert placement.total_seconds == pytest.approx(placement.baseline_seconds)
+    dense = plan_placement("dense", CONTEXT, devices=[cpu_device(), fpga_device()], measured=_measured())
+    assert "fpga" not in dense.plan.values()
+
+
+def test_transfers_are_charged_between_devices():
+    devices = [cpu_device(), _fake_gpu()]
+    # Relevancy much faster on the CPU, everything else equal: moving it costs the query and
+    # the memory delta over PCIe, and the scores back.
+    placement = plan_placement("quest", CONTEXT, devices=devices, measured=_measured(cpu_relevancy=1e-5))
+    assert placement.model_device == "gpu"
+    moved = {c.step: c for c in placement.steps}
+    if placement.plan["relevancy"] == "cpu":
+        assert moved["relevancy"].bytes_in > 0 and moved["relevancy"].transfer_seconds > 0
+    step_sum = sum(c.seconds + c.transfer_seconds for c in placement.steps)
+    assert placement.total_seconds == pytest.approx(placement.rest_seconds + step_sum)
+
+
+def test_energy_objective_and_table_labels():
+    placement = plan_placement("dsa", CONTEXT, devices=[cpu_device(), _fake_gpu(), fpga_device()],
+                               measured=_measured(), objective="energy")
+    assert placement.energy_joules <= placement.baseline_energy_joules + 1e-12
+    text = placement.table()
+    assert "FPGA figures modelled" in text and "fpga modelled" in text and "gpu assumed" in text
+    assert set(placement.to_dict()["plan"]) == {"prepare", "relevancy", "retrieve", "apply"}
+
+
+def test_transfer_model_directions():
+    assert transfer_seconds(0, "gpu", "fpga")[0] == 0.0
+    assert transfer_seconds(1 << 20, "gpu", "gpu")[0] == 0.0
+    t_up, source = transfer_seconds(1 << 20, "gpu", "fpga")
+    assert "modelled" in source and t_up == pytest.approx(timing_model.transfer_time(1 << 20, "gpu_to_fpga"))
+    assert transfer_seconds(1 << 20, "cpu", "gpu")[1].startswith("assumed")
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match=r"plan: recipe='bm25' cannot be planned; valid choices"):
+        plan_placement("bm25", CONTEXT)
+    with pytest.raises(ValueError, match=r"plan: objective='speed' is not one of"):
+        plan_placement("dsa", CONTEXT, objective="speed", measured=_measured())
+
+
+def test_measured_plan_runs_in_a_pipeline():
+    """A real (small) measurement, and the resulting plan drives the decoder unchanged."""
+    from jax_hetero.nn import Decoder, DecoderConfig
+    config = DecoderConfig(vocab_size=64, hidden_dim=64, num_layers=1, num_heads=4, num_kv_heads=2,
+                           head_dim=16, mlp_dim=128, max_len=1024)
+    options = {"page_size": 16, "budget": 256}
+    placement = plan_placement("quest", 1024, devices=[cpu_device(), fpga_device()], options=options,
+                               config=config)
+    assert all(c.seconds >= 0 for c in placement.steps) and placement.rest_seconds >= 0
+    model = Decoder(config, recipe="quest", recipe_options=options, plan=placement.plan)
+    assert model.pipelines[0].plan == placement.plan
