@@ -6,10 +6,24 @@
 
 #include <cstdint>
 #include <string>
+#include <type_traits>
 
 #include "common/ffi_util.h"
 
 namespace jax_hetero {
+
+// Error text built with std::string (not iostreams) in the CUDA module.
+inline void append_part(std::string& s, const char* x) { s += x; }
+inline void append_part(std::string& s, const std::string& x) { s += x; }
+template <class T, class = std::enable_if_t<std::is_arithmetic_v<T>>>
+void append_part(std::string& s, T x) { s += std::to_string(x); }
+
+template <class... Parts>
+ffi::Error fail(const char* op, const Parts&... parts) {
+  std::string msg = std::string(op) + ": ";
+  (append_part(msg, parts), ...);
+  return ffi::Error(ffi::ErrorCode::kInvalidArgument, msg);
+}
 
 inline ffi::Error cuda_error(const char* op, cudaError_t err, const char* what) {
   return ffi::Error(ffi::ErrorCode::kInternal,
@@ -46,9 +60,9 @@ class ScratchArena {
   void reserve(size_t bytes) { total_ += round(bytes); }
   ffi::Error allocate(const char* op, ffi::ScratchAllocator& scratch) {
     if (total_ == 0) return ffi::Error::Success();
-    auto mem = scratch.Allocate(total_, 256);
+    auto mem = scratch.Allocate(total_, 16);  // XLA accepts alignments up to 16; its blocks are 256-aligned
     if (!mem.has_value())
-      return op_error(op, "could not allocate ", total_, " bytes of GPU scratch memory");
+      return fail(op, "could not allocate ", total_, " bytes of GPU scratch memory");
     base_ = static_cast<char*>(*mem);
     return ffi::Error::Success();
   }

@@ -4,7 +4,8 @@
 // the selected entries are compacted in index order.  A final level sorts the (at most
 // kSortCap) winners in rank 0; a non-final level writes them as candidates for the next one.
 //
-// A Loader fills a CTA's keys (and original indices when kHasIdx) for a range of a row:
+// A Loader fills a CTA's keys (and original indices when kHasIdx) for a range of a row,
+// counting each key's first radix digit (store_key):
 // raw scores (topk), candidates of an earlier level, or scores computed on the fly (indexer).
 #pragma once
 #include <cooperative_groups.h>
@@ -62,7 +63,7 @@ __host__ __device__ inline SelectSmem select_smem(int capacity, bool has_idx, si
   size_t off = 0;
   s.keys = off; off += size_t(capacity) * 4;
   s.idx = off; off += has_idx ? size_t(capacity) * 4 : 0;
-  s.hist = off; off += 2 * kBins * 4;
+  s.hist = off; off += 4 * kBins * 4;  // this CTA's histogram + rank 0's merged one per pass
   s.sort_keys = off; off += kSortCap * 4;
   s.sort_idx = off; off += kSortCap * 4;
   s.extra = off; off += extra_bytes;
@@ -73,7 +74,7 @@ __host__ __device__ inline SelectSmem select_smem(int capacity, bool has_idx, si
 using SortBlock = cub::BlockRadixSort<uint32_t, kSelectThreads, kSortCap / kSelectThreads, int32_t, 4>;
 using ScanBlock = cub::BlockScan<uint32_t, kSelectThreads>;
 // The sort reuses the histograms and the (already loaded) sort buffer, which lie back to back.
-static_assert(sizeof(SortBlock::TempStorage) <= 2 * kBins * 4 + 2 * kSortCap * 4, "sort storage too large");
+static_assert(sizeof(SortBlock::TempStorage) <= 4 * kBins * 4 + 2 * kSortCap * 4, "sort storage too large");
 
 template <class Loader>
 __global__ void __launch_bounds__(kSelectThreads)
@@ -82,7 +83,7 @@ select_kernel(const Loader loader, const SelectParams p) {
   __shared__ typename ScanBlock::TempStorage scan_storage;
   __shared__ uint32_t s_digit, s_remaining;
   __shared__ uint32_t s_warp_gt[kSelectWarps], s_warp_eq[kSelectWarps];
-  __shared__ uint32_t s_cta_gt, s_cta_eq;
+  __shared__ uint32_t s_cta_gt, s_cta_eq, s_gt_before, s_eq_before;
 
   const SelectSmem lay = select_smem(p.capacity, Loader::kHasIdx, Loader::kExtraBytes);
   uint32_t* keys = reinterpret_cast<uint32_t*>(smem + lay.keys);
@@ -103,33 +104,39 @@ select_kernel(const Loader loader, const SelectParams p) {
   const int64_t seg_end = min64(valid, seg_begin + p.segment_len);
   const int64_t begin = seg_begin + int64_t(rank) * p.per_cta;
   const int len = int(max64(0, min64(begin + p.per_cta, seg_end) - begin));
-  loader.load(row, begin, len, keys, idx, smem + lay.extra);
+  // The loader also counts the first radix digit (bits 21..31) of every key it stores.
+  uint32_t* local_hist = hist;
+  uint32_t* merged = hist + kBins;  // rank 0: one merged histogram per pass (at most 3)
+  for (int b = tid; b < kBins; b += kSelectThreads) local_hist[b] = 0;
+  if (rank == 0)
+    for (int b = tid; b < 3 * kBins; b += kSelectThreads) merged[b] = 0;
   __syncthreads();
+  loader.load(row, begin, len, keys, idx, local_hist, smem + lay.extra);
+  cluster.sync();
 
   // Radix passes: find the key T of the k'-th largest entry (k' = min(k, valid entries)).
   uint32_t prefix = 0, prefix_mask = 0, remaining = 0, selected = 0;
   for (int pass = 0, hi = 32; hi > p.key_low_bit; ++pass) {
     const int lo = max(hi - kDigitBits, p.key_low_bit);
     const uint32_t digit_mask = (1u << (hi - lo)) - 1u;
-    uint32_t* h = hist + (pass & 1) * kBins;
-    for (int b = tid; b < kBins; b += kSelectThreads) h[b] = 0;
+    if (pass > 0) {
+      for (int b = tid; b < kBins; b += kSelectThreads) local_hist[b] = 0;
+      __syncthreads();
+      for (int i = tid; i < len; i += kSelectThreads) {
+        const uint32_t key = keys[i];
+        if ((key & prefix_mask) == prefix) atomicAdd(&local_hist[(key >> lo) & digit_mask], 1u);
+      }
+    }
     __syncthreads();
-    for (int i = tid; i < len; i += kSelectThreads) {
-      const uint32_t key = keys[i];
-      if ((key & prefix_mask) == prefix) atomicAdd(&h[(key >> lo) & digit_mask], 1u);
-    }
+    // Push the non-zero bins into rank 0 (few after the first pass), then read the sum
+    // back: thread t owns bins kBins-1-4t ... kBins-4-4t (descending order).
+    uint32_t* merged_pass = cluster.map_shared_rank(merged + pass * kBins, 0);
+    for (int b = tid; b < kBins; b += kSelectThreads)
+      if (local_hist[b]) atomicAdd(&merged_pass[b], local_hist[b]);
     cluster.sync();
-    // Thread t owns bins kBins-1-4t ... kBins-4-4t (descending), summed over the cluster.
-    uint32_t cnt[4], own = 0;
-#pragma unroll
-    for (int j = 0; j < 4; ++j) cnt[j] = 0;
-    for (int r = 0; r < cs; ++r) {
-      const uint32_t* hr = cluster.map_shared_rank(h, r);
-#pragma unroll
-      for (int j = 0; j < 4; ++j) cnt[j] += hr[kBins - 1 - (tid * 4 + j)];
-    }
-#pragma unroll
-    for (int j = 0; j < 4; ++j) own += cnt[j];
+    const uint4 four = reinterpret_cast<const uint4*>(merged_pass)[(kBins - 4 - tid * 4) / 4];
+    const uint32_t cnt[4] = {four.w, four.z, four.y, four.x};
+    const uint32_t own = cnt[0] + cnt[1] + cnt[2] + cnt[3];
     uint32_t before, total;
     ScanBlock(scan_storage).ExclusiveSum(own, before, total);
     if (pass == 0) {
@@ -175,11 +182,14 @@ select_kernel(const Loader loader, const SelectParams p) {
     s_cta_eq = b;
   }
   cluster.sync();
-  uint32_t gt_before = 0, eq_before = 0;
-  for (int r = 0; r < rank; ++r) {
-    gt_before += *cluster.map_shared_rank(&s_cta_gt, r);
-    eq_before += *cluster.map_shared_rank(&s_cta_eq, r);
+  if (warp == 0) {  // entries of lower ranks: one remote read per lane
+    uint32_t a = lane < rank ? *cluster.map_shared_rank(&s_cta_gt, lane) : 0u;
+    uint32_t b = lane < rank ? *cluster.map_shared_rank(&s_cta_eq, lane) : 0u;
+    for (int o = 16; o; o >>= 1) a += __shfl_xor_sync(~0u, a, o), b += __shfl_xor_sync(~0u, b, o);
+    if (lane == 0) s_gt_before = a, s_eq_before = b;
   }
+  __syncthreads();
+  uint32_t gt_before = s_gt_before, eq_before = s_eq_before;
   for (int w = 0; w < warp; ++w) gt_before += s_warp_gt[w], eq_before += s_warp_eq[w];
 
   // Write the winners in index order: position = winners before it.
@@ -241,6 +251,12 @@ select_kernel(const Loader loader, const SelectParams p) {
   }
 }
 
+// Stores a key and counts its first radix digit.
+__device__ __forceinline__ void store_key(uint32_t* keys, int i, uint32_t key, uint32_t* hist) {
+  keys[i] = key;
+  atomicAdd(&hist[key >> (32 - kDigitBits)], 1u);
+}
+
 // Candidates of an earlier level: keys and original indices, [rows, m] with the first
 // surviving() entries of each row valid.
 struct PairLoader {
@@ -260,11 +276,11 @@ struct PairLoader {
     return surviving(v, levels, seg_len, k);
   }
   __device__ void load(int64_t row, int64_t begin, int len, uint32_t* out_keys, int32_t* out_idx,
-                       unsigned char*) const {
+                       uint32_t* hist, unsigned char*) const {
     const uint32_t* sk = keys + row * m + begin;
     const int32_t* si = idx + row * m + begin;
     for (int i = threadIdx.x; i < len; i += kSelectThreads) {
-      out_keys[i] = sk[i];
+      store_key(out_keys, i, sk[i], hist);
       out_idx[i] = si[i];
     }
   }

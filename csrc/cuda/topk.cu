@@ -22,7 +22,8 @@ struct RawLoader {
   int64_t n;
 
   __device__ int64_t valid(int64_t row) const { return min64(max64(lengths[row], 0), n); }
-  __device__ void load(int64_t row, int64_t begin, int len, uint32_t* keys, int32_t*, unsigned char*) const {
+  __device__ void load(int64_t row, int64_t begin, int len, uint32_t* keys, int32_t*, uint32_t* hist,
+                       unsigned char*) const {
     const T* src = x + row * n + begin;
     constexpr int kVec = 16 / sizeof(T);
     int done = 0;
@@ -43,12 +44,12 @@ struct RawLoader {
           if (i >= nv) continue;
           const T* e = reinterpret_cast<const T*>(&r[j]);
 #pragma unroll
-          for (int q = 0; q < kVec; ++q) keys[i * kVec + q] = key_of(e[q]);
+          for (int q = 0; q < kVec; ++q) store_key(keys, i * kVec + q, key_of(e[q]), hist);
         }
       }
       done = nv * kVec;
     }
-    for (int i = done + threadIdx.x; i < len; i += kSelectThreads) keys[i] = key_of(src[i]);
+    for (int i = done + threadIdx.x; i < len; i += kSelectThreads) store_key(keys, i, key_of(src[i]), hist);
   }
 };
 
@@ -90,7 +91,7 @@ ffi::Error topk_full_sort(cudaStream_t stream, ffi::ScratchAllocator& scratch, c
                           const int32_t* lengths, int64_t rows, int64_t n, int64_t k, T* values,
                           int32_t* indices, uint32_t neg_inf_bits, const DeviceInfo& dev) {
   const char* op = "topk";
-  if (rows * n > INT32_MAX) return op_error(op, "k=", k, " > ", kSortCap, " needs rows*n < 2^31");
+  if (rows * n > INT32_MAX) return fail(op, "k=", k, " > ", kSortCap, " needs rows*n < 2^31");
   const int total = int(rows * n);
   const int low_bit = sizeof(T) == 2 ? 16 : 0;
   size_t temp_bytes = 0;
@@ -152,7 +153,7 @@ ffi::Error topk_select(cudaStream_t stream, ffi::ScratchAllocator& scratch, cons
   int levels = 0;
   int64_t entries = n;
   for (;;) {
-    if (levels == kMaxLevels) return op_error(op, "row of ", n, " entries needs too many selection levels");
+    if (levels == kMaxLevels) return fail(op, "row of ", n, " entries needs too many selection levels");
     const bool raw = levels == 0;
     plans[levels] = plan_level(rows, entries, raw ? kRawCapacity : kPairCapacity,
                                raw ? raw_cluster[d] : pair_cluster[d], dev.sms);
@@ -206,10 +207,10 @@ ffi::Error topk_cuda(cudaStream_t stream, ffi::ScratchAllocator scratch, ffi::An
   const char* op = "topk";
   const int64_t n = dim_from_end(scores, 0);
   const int64_t rows = leading_size(scores, 1);
-  if (k < 1 || k > n) return op_error(op, "k=", k, " must satisfy 1 <= k <= n=", n);
+  if (k < 1 || k > n) return fail(op, "k=", k, " must satisfy 1 <= k <= n=", n);
   if (lengths.element_count() != size_t(rows))
-    return op_error(op, "lengths has ", lengths.element_count(), " entries, expected ", rows);
-  if (n > INT32_MAX) return op_error(op, "rows longer than 2^31-1 entries are not supported");
+    return fail(op, "lengths has ", lengths.element_count(), " entries, expected ", rows);
+  if (n > INT32_MAX) return fail(op, "rows longer than 2^31-1 entries are not supported");
   if (rows == 0) return ffi::Error::Success();
   DeviceInfo dev;
   JH_RETURN_IF_ERROR(device_info(op, stream, &dev));
