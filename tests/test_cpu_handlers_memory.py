@@ -25,7 +25,7 @@ KINDS = ["dot", "quest", "dsa"]
 seeds = st.integers(0, 2**32 - 1)
 dtypes = st.sampled_from(DTYPES)
 # Every example compiles fresh shapes on a small shared machine: keep the counts modest.
-few = settings(max_examples=12, deadline=None)
+few = settings(max_examples=8, deadline=None)
 
 
 def f32(x):
