@@ -50,6 +50,7 @@ def _choices(valid):
 
 
 ATTENTION = ("dense", "seer", "quest", "dsa")
+ALL_RECIPES = ATTENTION + ("rag", "hmt")
 BACKEND_CHOICES = ("auto", "xla", "cpu", "cuda", "fpga")
 
 
@@ -71,8 +72,8 @@ def _demo(args):
 
 # profile
 def _profile_arguments(parser):
-    parser.add_argument("--recipes", type=_choices(ATTENTION), default=list(ATTENTION),
-                        help="comma-separated, from " + ", ".join(ATTENTION))
+    parser.add_argument("--recipes", type=_choices(ALL_RECIPES), default=list(ALL_RECIPES),
+                        help="comma-separated, from " + ", ".join(ALL_RECIPES))
     parser.add_argument("--contexts", type=_csv(parse_tokens), default=[8192, 32768, 131072],
                         help="comma-separated token counts (default 8K,32K,128K)")
     parser.add_argument("--backend", choices=BACKEND_CHOICES, default="auto")
@@ -80,26 +81,47 @@ def _profile_arguments(parser):
     parser.add_argument("--reps", type=int, default=5, help="timed runs per measurement (median)")
     parser.add_argument("--out", type=Path, default=None,
                         help="write OUT.md, OUT.json and OUT.png (e.g. docs/profile_cpu)")
+    parser.add_argument("--from-json", type=Path, default=None,
+                        help="re-render the table, page and chart of an earlier run's JSON")
 
 
 def _profile(args):
-    from .profile import DEFAULT_OPTIONS, profile_decode, stacked_bars, table, to_json
-    runs = [(r, c) for c in args.contexts for r in args.recipes]
-    profiles = []
-    for i, (recipe, context) in enumerate(runs, 1):
-        print(f"[{i}/{len(runs)}] {recipe} at {context} tokens ({args.backend})", file=sys.stderr, flush=True)
-        options = dict(DEFAULT_OPTIONS[recipe])
-        if "budget" in options:
-            options["budget"] = args.budget
-        profiles.append(profile_decode(recipe, context, backend=args.backend, options=options, reps=args.reps))
+    from .profile import DEFAULT_OPTIONS, from_json, profile_decode
+    from .profile.retrieval import profile_hmt, profile_rag
+    if args.from_json:
+        profiles = from_json(args.from_json.read_text())
+    else:
+        runs = [(r, c) for c in args.contexts for r in args.recipes]
+        profiles = []
+        for i, (recipe, context) in enumerate(runs, 1):
+            print(f"[{i}/{len(runs)}] {recipe} at {context} tokens ({args.backend})", file=sys.stderr, flush=True)
+            if recipe in ("rag", "hmt"):
+                run = profile_rag if recipe == "rag" else profile_hmt
+                profiles.append(run(context, backend=args.backend, reps=args.reps))
+                continue
+            options = dict(DEFAULT_OPTIONS[recipe])
+            if "budget" in options:
+                options["budget"] = args.budget
+            profiles.append(profile_decode(recipe, context, backend=args.backend, options=options, reps=args.reps))
+    _write_profiles(profiles, args)
+
+
+def _write_profiles(profiles, args):
+    from .profile import document, stacked_bars, table, to_json
     print(table(profiles))
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
+    if not args.out:
+        return
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    if not args.from_json:
         args.out.with_suffix(".json").write_text(to_json(profiles))
-        stacked_bars(profiles, args.out.with_suffix(".png"),
-                     title=f"decode step on {profiles[0].device} ({args.backend})")
-        args.out.with_suffix(".md").write_text(table(profiles) + "\n")
-        print(f"wrote {args.out}.md, .json, .png", file=sys.stderr)
+    png = stacked_bars(profiles, args.out.with_suffix(".png"),
+                       title=f"decode step on {profiles[0].device} ({profiles[0].backend})")
+    contexts = ",".join(sorted({f"{p.context // 1024}K" for p in profiles}, key=lambda c: int(c[:-1])))
+    recipes = ",".join(dict.fromkeys(p.recipe for p in profiles))
+    command = (f"jax-hetero profile --recipes {recipes} --contexts {contexts} "
+               f"--backend {profiles[0].backend} --reps {args.reps} --out {args.out}")
+    args.out.with_suffix(".md").write_text(document(profiles, command, png.name))
+    print(f"wrote {args.out}.md, .json, .png", file=sys.stderr)
 
 
 # quality

@@ -18,14 +18,47 @@ def context_label(tokens: int) -> str:
 
 def table(profiles: Sequence[StepProfile]) -> str:
     """A markdown table: ms per decode step for each step and the memory-processing share."""
-    head = ["recipe", "context", "backend", *STEPS, "rest of model", "total ms", "memory share"]
+    head = ["recipe", "context", "backend", *STEPS, "rest of model", "total ms", "memory share",
+            "whole step measured ms"]
     rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for p in profiles:
         cells = [p.recipe, context_label(p.context), p.backend,
                  *(f"{p.steps_ms[s]:.2f}" for s in STEPS), f"{p.rest_ms:.2f}", f"{p.total_ms:.2f}",
-                 f"{100 * p.memory_share:.0f} %"]
+                 f"{100 * p.memory_share:.0f} %", f"{p.measured_ms:.2f}" if p.measured_ms == p.measured_ms else "-"]  # NaN: not measured
         rows.append("| " + " | ".join(cells) + " |")
     return "\n".join(rows)
+
+
+def document(profiles: Sequence[StepProfile], command: str, png_name: str) -> str:
+    """The markdown page of a profile run: method, machine, command, table, chart."""
+    first = profiles[0]
+    shares = [100 * p.memory_share for p in profiles if p.recipe in ("seer", "quest", "dsa")]
+    return "\n".join([
+        f"# Decode-step profile: {first.device}", "",
+        f"Measured {first.date} with backend `{first.backend}`. Command: `{command}`", "",
+        "Per decode step of the small decoder (`jax_hetero.profile.PROFILE_CONFIG`: 4 layers, hidden "
+        "512, 8 query / 2 KV heads of 64, SwiGLU 1408, batch 1), the time of each memory-processing "
+        "step summed over the layers, the rest of the model (embedding, norms, projections, MLP, "
+        "head) and the share of the step spent in memory processing.  total = "
+        "the sum of each step, timed jitted on its own with a layer's real memory, and the rest "
+        "of the model, timed as the decode step with attention's apply replaced by a stub; the "
+        "last column times the whole jitted step (memory donated) as one call, as a check.  Best "
+        "of several runs (see `jax_hetero/profile/decode.py`).  Budgets: 2048 tokens (seer blocks of 64, quest pages of "
+        "16, dsa 64 index heads x 128).  rag and hmt feed the model's input instead: rag is timed "
+        "per query (BM25 over a store of `context` synthetic Zipf words in 32-word documents, top-3, "
+        "prompt assembly; rest = the decoder's prefill of the assembled prompt), hmt per segment "
+        "of 512 tokens with `context / 512` segment memories (top-4; rest = the prefill of the "
+        "segment with the memories prepended); see `jax_hetero/profile/retrieval.py`.", "",
+        table(profiles), "",
+        (f"Memory processing takes {min(shares):.0f}-{max(shares):.0f} % of the decode step across "
+         f"the sparse-attention recipes here (the source paper reports 22-97 %); dense has no "
+         f"relevancy or retrieval: its attention over the whole cache is its apply step."
+         if shares else ""), "",
+        f"![stacked shares]({png_name})", ""])
+
+
+def from_json(text: str) -> list[StepProfile]:
+    return [StepProfile.from_dict(item) for item in json.loads(text)]
 
 
 def to_json(profiles: Sequence[StepProfile]) -> str:
