@@ -186,6 +186,7 @@ def test_layers_with_equal_shapes_keep_separate_memories(rng):
         f(q, b, None, None)
     uploads = [c["memory_rows_uploaded"] for c in fpga.stats()]
     assert uploads == [512, 512, 0, 0, 0, 0]
+    assert backends.module("fpga").mirror_entries() == 2
 
 
 def test_capacity_exceeded_is_a_clear_error(rng, monkeypatch):

@@ -108,7 +108,6 @@ class Device {
 
 
   const TransferCounters& counters() const { return counters_; }
-  void reset_counters() { counters_ = TransferCounters{}; }
   // Bytes currently allocated on the device.
   uint64_t allocated_bytes() const { return allocated_; }
 

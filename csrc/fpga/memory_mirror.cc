@@ -52,12 +52,6 @@ void HostRowSource::fetch(const std::vector<RowRange>& ranges, uint8_t* dst) {
   }
 }
 
-uint64_t MemoryMirror::resident_bytes() const {
-  uint64_t total = 0;
-  for (const auto& [key, entry] : entries_) total += entry->layout.device_bytes();
-  return total;
-}
-
 MemoryMirror::Entry& MemoryMirror::lookup(const Layout& layout, RowSource& source,
                                           SyncReport& report) {
   const int64_t fields[] = {int64_t(layout.role), int64_t(layout.dtype), layout.batch, layout.rows,

@@ -102,8 +102,6 @@ class MemoryMirror {
   const DeviceBuffer& buffer(const MemoryHandle& handle) const;
 
   size_t entries() const { return entries_.size(); }
-  uint64_t resident_bytes() const;
-  Verify verify() const { return verify_; }
 
  private:
   struct Entry {
