@@ -85,7 +85,7 @@ select_kernel(const Loader loader, const SelectParams p) {
   __shared__ uint32_t s_warp_gt[kSelectWarps], s_warp_eq[kSelectWarps];
   __shared__ uint32_t s_cta_gt, s_cta_eq, s_gt_before, s_eq_before;
 
-  const SelectSmem lay = select_smem(p.capacity, Loader::kHasIdx, Loader::kExtraBytes);
+  const SelectSmem lay = select_smem(p.capacity, Loader::kHasIdx, loader.extra_bytes());
   uint32_t* keys = reinterpret_cast<uint32_t*>(smem + lay.keys);
   int32_t* idx = reinterpret_cast<int32_t*>(smem + lay.idx);
   uint32_t* hist = reinterpret_cast<uint32_t*>(smem + lay.hist);
@@ -261,7 +261,7 @@ __device__ __forceinline__ void store_key(uint32_t* keys, int i, uint32_t key, u
 // surviving() entries of each row valid.
 struct PairLoader {
   static constexpr bool kHasIdx = true;
-  static constexpr size_t kExtraBytes = 0;
+  __host__ __device__ size_t extra_bytes() const { return 0; }
   const uint32_t* keys;
   const int32_t* idx;
   const int32_t* lengths;  // valid entries of the original rows
@@ -319,7 +319,7 @@ template <class Loader>
 ffi::Error launch_select(const char* op, cudaStream_t stream, const Loader& loader, SelectParams p,
                          int64_t rows, const LevelPlan& plan) {
   auto kernel = select_kernel<Loader>;
-  const SelectSmem lay = select_smem(p.capacity, Loader::kHasIdx, Loader::kExtraBytes);
+  const SelectSmem lay = select_smem(p.capacity, Loader::kHasIdx, loader.extra_bytes());
   JH_CUDA_CHECK(op, cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(lay.total)));
   JH_CUDA_CHECK(op, cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1));
   p.num_segments = plan.num_segments;
@@ -343,9 +343,9 @@ ffi::Error launch_select(const char* op, cudaStream_t stream, const Loader& load
 
 // Largest cluster size (16 or 8) the device can schedule for select_kernel<Loader>.
 template <class Loader>
-int max_cluster_size(int capacity) {
+int max_cluster_size(int capacity, size_t extra_bytes) {
   auto kernel = select_kernel<Loader>;
-  const SelectSmem lay = select_smem(capacity, Loader::kHasIdx, Loader::kExtraBytes);
+  const SelectSmem lay = select_smem(capacity, Loader::kHasIdx, extra_bytes);
   if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(lay.total)) != cudaSuccess ||
       cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1) != cudaSuccess) {
     cudaGetLastError();
@@ -368,6 +368,74 @@ int max_cluster_size(int capacity) {
     return 8;
   }
   return clusters > 0 ? 16 : 8;
+}
+
+constexpr int kPairCapacity = 8192;  // keys + indices per CTA for candidates (64 KiB)
+
+// Runs every selection level: level 0 with `first` (first_capacity keys per CTA, clusters of
+// at most first_cluster CTAs), then candidate levels until one segment per row remains.
+// `lengths` are the valid entries per row of the n that `first` scores.
+template <class First>
+ffi::Error run_select_levels(const char* op, cudaStream_t stream, ffi::ScratchAllocator& scratch,
+                             const First& first, int first_capacity, int first_cluster,
+                             const int32_t* lengths, int64_t rows, int64_t n, SelectParams p,
+                             const DeviceInfo& dev) {
+  static int pair_cluster[64] = {};  // per device; 0 = not asked yet
+  const int d = dev.device & 63;
+  if (!pair_cluster[d]) pair_cluster[d] = max_cluster_size<PairLoader>(kPairCapacity, 0);
+  const int64_t k = p.k;
+
+  // Plan every level first so scratch is allocated once.
+  LevelPlan plans[kMaxLevels];
+  int levels = 0;
+  int64_t entries = n;
+  for (;;) {
+    if (levels == kMaxLevels) return fail(op, "rows of ", n, " entries need too many selection levels");
+    const bool head = levels == 0;
+    plans[levels] = plan_level(rows, entries, head ? first_capacity : kPairCapacity,
+                               head ? first_cluster : pair_cluster[d], dev.sms);
+    const int64_t segments = plans[levels].num_segments;
+    ++levels;
+    if (segments == 1) break;
+    entries = segments * k;
+  }
+  ScratchArena arena;
+  for (int l = 0; l + 1 < levels; ++l) {
+    const size_t m = size_t(rows) * plans[l].num_segments * k;
+    arena.reserve(m * 4);
+    arena.reserve(m * 4);
+  }
+  JH_RETURN_IF_ERROR(arena.allocate(op, scratch));
+
+  PairLoader pairs{};
+  pairs.lengths = lengths;
+  pairs.n = n;
+  pairs.k = k;
+  for (int l = 0; l < levels; ++l) {
+    p.final_level = l + 1 == levels;
+    p.cand_keys = nullptr;
+    p.cand_idx = nullptr;
+    int64_t m = 0;
+    if (!p.final_level) {
+      m = plans[l].num_segments * k;
+      p.cand_keys = arena.take<uint32_t>(size_t(rows) * m * 4);
+      p.cand_idx = arena.take<int32_t>(size_t(rows) * m * 4);
+    }
+    if (l == 0) {
+      p.capacity = first_capacity;
+      JH_RETURN_IF_ERROR(launch_select(op, stream, first, p, rows, plans[l]));
+    } else {
+      p.capacity = kPairCapacity;
+      JH_RETURN_IF_ERROR(launch_select(op, stream, pairs, p, rows, plans[l]));
+    }
+    if (!p.final_level) {  // the next level reads these candidates
+      pairs.keys = p.cand_keys;
+      pairs.idx = p.cand_idx;
+      pairs.m = m;
+      pairs.seg_len[pairs.levels++] = plans[l].segment_len;
+    }
+  }
+  return ffi::Error::Success();
 }
 
 }  // namespace jax_hetero

@@ -11,12 +11,11 @@ namespace jax_hetero {
 namespace {
 
 constexpr int kRawCapacity = 16384;   // keys per CTA for raw scores (64 KiB)
-constexpr int kPairCapacity = 8192;   // keys + indices per CTA for candidates (64 KiB)
 
 template <class T>
 struct RawLoader {
   static constexpr bool kHasIdx = false;
-  static constexpr size_t kExtraBytes = 0;
+  __host__ __device__ size_t extra_bytes() const { return 0; }
   const T* x;
   const int32_t* lengths;
   int64_t n;
@@ -134,7 +133,6 @@ template <class T>
 ffi::Error topk_select(cudaStream_t stream, ffi::ScratchAllocator& scratch, const T* x,
                        const int32_t* lengths, int64_t rows, int64_t n, int64_t k, T* values,
                        int32_t* indices, const DeviceInfo& dev) {
-  const char* op = "topk";
   SelectParams p{};
   p.k = k;
   p.key_low_bit = sizeof(T) == 2 ? 16 : 0;
@@ -142,63 +140,11 @@ ffi::Error topk_select(cudaStream_t stream, ffi::ScratchAllocator& scratch, cons
   p.neg_inf_bits = neg_inf_bits<T>();
   p.values = values;
   p.indices = indices;
-
-  static int raw_cluster[64] = {}, pair_cluster[64] = {};  // per device; 0 = not asked yet
+  static int raw_cluster[64] = {};  // per device; 0 = not asked yet
   const int d = dev.device & 63;
-  if (!raw_cluster[d]) raw_cluster[d] = max_cluster_size<RawLoader<T>>(kRawCapacity);
-  if (!pair_cluster[d]) pair_cluster[d] = max_cluster_size<PairLoader>(kPairCapacity);
-
-  // Plan every level first so scratch is allocated once.
-  LevelPlan plans[kMaxLevels];
-  int levels = 0;
-  int64_t entries = n;
-  for (;;) {
-    if (levels == kMaxLevels) return fail(op, "row of ", n, " entries needs too many selection levels");
-    const bool raw = levels == 0;
-    plans[levels] = plan_level(rows, entries, raw ? kRawCapacity : kPairCapacity,
-                               raw ? raw_cluster[d] : pair_cluster[d], dev.sms);
-    const int64_t segments = plans[levels].num_segments;
-    ++levels;
-    if (segments == 1) break;
-    entries = segments * k;
-  }
-  ScratchArena arena;
-  for (int l = 0; l + 1 < levels; ++l) {
-    const size_t m = size_t(rows) * plans[l].num_segments * k;
-    arena.reserve(m * 4);
-    arena.reserve(m * 4);
-  }
-  JH_RETURN_IF_ERROR(arena.allocate(op, scratch));
-
-  PairLoader pairs{};
-  pairs.lengths = lengths;
-  pairs.n = n;
-  pairs.k = k;
-  for (int l = 0; l < levels; ++l) {
-    p.final_level = l + 1 == levels;
-    p.cand_keys = nullptr;
-    p.cand_idx = nullptr;
-    int64_t m = 0;
-    if (!p.final_level) {
-      m = plans[l].num_segments * k;
-      p.cand_keys = arena.take<uint32_t>(size_t(rows) * m * 4);
-      p.cand_idx = arena.take<int32_t>(size_t(rows) * m * 4);
-    }
-    if (l == 0) {
-      p.capacity = kRawCapacity;
-      JH_RETURN_IF_ERROR(launch_select(op, stream, RawLoader<T>{x, lengths, n}, p, rows, plans[l]));
-    } else {
-      p.capacity = kPairCapacity;
-      JH_RETURN_IF_ERROR(launch_select(op, stream, pairs, p, rows, plans[l]));
-    }
-    if (!p.final_level) {  // the next level reads these candidates
-      pairs.keys = p.cand_keys;
-      pairs.idx = p.cand_idx;
-      pairs.m = m;
-      pairs.seg_len[pairs.levels++] = plans[l].segment_len;
-    }
-  }
-  return ffi::Error::Success();
+  if (!raw_cluster[d]) raw_cluster[d] = max_cluster_size<RawLoader<T>>(kRawCapacity, 0);
+  return run_select_levels("topk", stream, scratch, RawLoader<T>{x, lengths, n}, kRawCapacity, raw_cluster[d],
+                           lengths, rows, n, p, dev);
 }
 
 ffi::Error topk_cuda(cudaStream_t stream, ffi::ScratchAllocator scratch, ffi::AnyBuffer scores,
