@@ -15,7 +15,15 @@ SPECIALS = np.array([np.nan, -np.nan, np.inf, -np.inf, 0.0, -0.0, 1.0, -1.0, 1e-
 
 
 def _expected(scores, k, lengths):
-    """lax.top_k over each row's valid prefix, padded with (-inf, -1)."""
+    """lax.top_k over each row's valid prefix, padded with (-inf, -1).
+
+    Computed on the CPU: XLA:GPU's top_k ranks a negative NaN above every number, while the
+    contract (and the CPU) use the IEEE total order."""
+    with jax.default_device(jax.devices("cpu")[0]):
+        return _expected_here(scores, k, lengths)
+
+
+def _expected_here(scores, k, lengths):
     values, indices = [], []
     flat = np.asarray(scores).reshape(-1, scores.shape[-1])
     for row, length in zip(flat, np.asarray(lengths).reshape(-1)):

@@ -12,22 +12,29 @@ from . import _dispatch, _validate
 OP = "topk"
 
 
-def _lowest(dtype):
-    """The value below every other in the total order (a negative NaN with all bits set)."""
-    bits = {2: np.uint16(0xFFFF), 4: np.uint32(0xFFFFFFFF)}[jnp.dtype(dtype).itemsize]
-    return jax.lax.bitcast_convert_type(jnp.asarray(bits), dtype)
+def order_keys(scores):
+    """int32 keys whose order is the IEEE total order of `scores` (widened to float32):
+    -NaN < -inf < ... < -0.0 < +0.0 < ... < +inf < +NaN, as jax.lax.top_k orders on the CPU.
+
+    Selecting on these keys instead of the floats makes the reference independent of how a
+    platform's top_k treats NaN (XLA:GPU ranks a negative NaN above every number).
+    """
+    bits = jax.lax.bitcast_convert_type(scores.astype(jnp.float32), jnp.int32)
+    return jnp.where(bits < 0, bits ^ jnp.int32(0x7FFFFFFF), bits)
 
 
 def topk_reference(scores, lengths, k: int):
     """The specification: lax.top_k over the first `lengths` entries of each row.
 
-    Excluded entries are replaced by the lowest value in the total order; since they sit
-    after every valid entry, ties resolve to the valid one.  Slots past the valid count
-    then come out as (-inf, -1).
+    Excluded entries get the lowest key; since they sit after every valid entry, a tie with
+    a valid entry resolves to the valid one.  Slots past the valid count come out as
+    (-inf, -1).
     """
     n = scores.shape[-1]
     valid = jnp.arange(n, dtype=jnp.int32) < lengths[..., None]
-    values, indices = jax.lax.top_k(jnp.where(valid, scores, _lowest(scores.dtype)), k)
+    keys = jnp.where(valid, order_keys(scores), jnp.iinfo(jnp.int32).min)
+    _, indices = jax.lax.top_k(keys, k)
+    values = jnp.take_along_axis(scores, indices, axis=-1)
     missing = indices >= lengths[..., None]
     values = jnp.where(missing, jnp.array(-jnp.inf, scores.dtype), values)
     return values, jnp.where(missing, -1, indices).astype(jnp.int32)
@@ -70,8 +77,10 @@ _topk.defvjp(_topk_fwd, _topk_bwd)
 def topk(scores, k: int, *, lengths=None, backend: str = "auto"):
     """The k largest entries of each row of `scores`, sorted descending.
 
-    Returns (values [..., k], indices [..., k] int32) identical to ``jax.lax.top_k``:
-    NaN ranks above +inf, -0.0 below +0.0, ties go to the lower index.  With ``lengths``
+    Returns (values [..., k], indices [..., k] int32) identical to ``jax.lax.top_k`` (on the
+    CPU): the IEEE total order, so NaN ranks above +inf (a negative NaN below -inf), -0.0
+    below +0.0, and ties go to the lower index.  Every backend uses this order on every
+    platform (XLA:GPU's own top_k ranks a negative NaN above all numbers).  With ``lengths``
     (int32, shape ``scores.shape[:-1]``) positions >= length are excluded; a row with fewer
     than k valid entries fills the remaining slots with (-inf, -1).  Differentiable with
     respect to ``scores`` (through the values).
