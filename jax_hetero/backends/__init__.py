@@ -29,8 +29,8 @@ _BUILD_HINT = {
     "cpu": "reinstall with `pip install .` (the CPU backend is always built)",
     "cuda": "install on a machine with nvcc (CUDA toolkit) so `pip install .` builds it, "
             "or force it with `JAX_HETERO_CUDA=ON pip install .`",
-    "fpga": "install Debian's libxrt-dev (XRT) before `pip install .`, "
-            "or force it with `JAX_HETERO_FPGA=ON pip install .`",
+    "fpga": "reinstall with `pip install .` (the FPGA bridge is built unless "
+            "JAX_HETERO_FPGA=OFF; install Debian's libxrt-dev first for real cards)",
 }
 
 _current = contextvars.ContextVar("jax_hetero_backend", default="auto")

@@ -103,9 +103,9 @@ def with_params(**changes) -> FpgaParams:
 def key_lanes(dtype: str) -> int:
     """Elements per 512-bit word: float32 16, bfloat16 / int16 32 (hetero_key_format).
 
-    float16 keys are widened to float32 by the host (the kernels have no float16 format).
+    The kernels have no float16 format (the bridge rejects float16 memory).
     """
-    lanes = {"float32": 16, "float16": 16, "bfloat16": 32, "int16": 32}
+    lanes = {"float32": 16, "bfloat16": 32, "int16": 32}
     if dtype not in lanes:
         raise ValueError(f"timing_model: dtype={dtype!r} is not one of {sorted(lanes)}")
     return lanes[dtype]
