@@ -1,12 +1,12 @@
 """CPU backend benchmark: our FFI handlers against the XLA baseline, measured in the same run.
 
-    python bench/cpu_bench.py [--quick] [--json PATH]
+    PYTHONPATH=. python bench/cpu_bench.py [--quick] [--json PATH]   (from the repository root)
 
 Cases: topk (backend="cpu" vs jax.lax.top_k), sparse_attention (backend="cpu" vs the jnp
 reference, backend="xla") and gather (backend="cpu" vs jnp.take) for a paged KV cache.
 Every function is jitted and warmed up; inputs are generated once, outside the timing.
-Baseline and ours are called alternately so that a load change on a shared machine hits both;
-each time is the median of many calls.  Prints the machine, the date, the jax version, one
+Baseline and ours alternate in short blocks so that a load change on a shared machine hits
+both; each time is the median of many calls.  Prints the machine, the date, the jax version, one
 line per case, and a markdown table last.
 """
 from __future__ import annotations
@@ -56,18 +56,25 @@ def machine() -> dict:
     }
 
 
-def time_pair(baseline, ours, args, reps: int, warmup: int = 3):
-    """Median seconds per call of each function, calling them alternately."""
+def time_pair(baseline, ours, args, reps: int, warmup: int = 3, block: int = 5):
+    """Median seconds per call of each function over about `reps` calls, and the count.
+
+    The two alternate in blocks of `block` calls whose first call is not counted: a load
+    change on a shared machine hits both, and each is timed in its steady state (right
+    after the other, XLA's or our worker threads may still be busy or asleep).
+    """
     for _ in range(warmup):
         jax.block_until_ready(baseline(*args))
         jax.block_until_ready(ours(*args))
     times = ([], [])
-    for _ in range(reps):
+    for _ in range(max(1, -(-reps // (block - 1)))):
         for fn, out in zip((baseline, ours), times):
-            start = time.perf_counter()
-            jax.block_until_ready(fn(*args))
-            out.append(time.perf_counter() - start)
-    return statistics.median(times[0]), statistics.median(times[1])
+            for call in range(block):
+                start = time.perf_counter()
+                jax.block_until_ready(fn(*args))
+                if call:
+                    out.append(time.perf_counter() - start)
+    return statistics.median(times[0]), statistics.median(times[1]), len(times[0])
 
 
 def reps_for(seconds_per_call: float, budget: float, low: int, high: int) -> int:
@@ -92,7 +99,7 @@ def bench_topk(quick: bool):
         exact = bool(jnp.all(bi == oi)) and bool(jnp.all(bv == ov))
         per_call = rough_time(baseline, (scores,))
         reps = reps_for(per_call, 1.5 if quick else 6.0, 10 if quick else 30, 200)
-        t_base, t_ours = time_pair(baseline, ours, (scores,), reps)
+        t_base, t_ours, reps = time_pair(baseline, ours, (scores,), reps)
         results.append(dict(op="topk", case=f"{rows} x {n:,} k={k}, float32", baseline="jax.lax.top_k",
                             baseline_ms=t_base * 1e3, ours_ms=t_ours * 1e3, reps=reps, bar=TOPK_BAR,
                             check="identical" if exact else "MISMATCH"))
@@ -117,7 +124,7 @@ def bench_sparse_attention(quick: bool):
     baseline, ours = fn("xla"), fn("cpu")
     error = float(jnp.max(jnp.abs(baseline(*args) - ours(*args))))
     reps = reps_for(rough_time(baseline, args), 2.0 if quick else 8.0, 5 if quick else 15, 60)
-    t_base, t_ours = time_pair(baseline, ours, args, reps)
+    t_base, t_ours, reps = time_pair(baseline, ours, args, reps)
     result = dict(op="sparse_attention",
                   case=f"b={b} hq={hq} hkv={hkv} d={d} n={n:,} block {block_size}, {kb} blocks, float32",
                   baseline="jnp reference (backend='xla')", baseline_ms=t_base * 1e3, ours_ms=t_ours * 1e3,
@@ -141,7 +148,7 @@ def bench_gather(quick: bool):
     same = bool(jnp.all(baseline(table, indices) == ours(table, indices)))
     args = (table, indices)
     reps = reps_for(rough_time(baseline, args), 1.5 if quick else 6.0, 10 if quick else 30, 200)
-    t_base, t_ours = time_pair(baseline, ours, args, reps)
+    t_base, t_ours, reps = time_pair(baseline, ours, args, reps)
     mib = b * per_sequence * page_size * hkv * d * 4 / 2**20
     result = dict(op="gather", case=f"{b} x {per_sequence} pages of [{page_size}, {hkv}, {d}] from {pages:,}, "
                                     f"float32 ({mib:.0f} MiB out)",
