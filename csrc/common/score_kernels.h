@@ -127,6 +127,14 @@ template <class T> JH_INLINE const float* as_float(const T* src, int64_t n, floa
   }
 }
 
+// Entries of a block-kind row lie hkv * d elements apart, a stride the hardware prefetchers
+// follow poorly: fetch the entry `kPrefetchEntries` ahead explicitly.
+constexpr int64_t kPrefetchEntries = 4;
+template <class T> JH_INLINE void prefetch_entry(const T* entry, int64_t d) {
+  const char* p = reinterpret_cast<const char*>(entry);
+  for (int64_t offset = 0; offset < d * int64_t(sizeof(T)); offset += 64) __builtin_prefetch(p + offset);
+}
+
 template <class V> JH_INLINE float dot(const float* a, const float* b, int64_t d) {
   constexpr int L = kLanes<V>;
   V acc0 = {}, acc1 = {};
@@ -146,8 +154,10 @@ template <class V> JH_INLINE float dot(const float* a, const float* b, int64_t d
 template <class V, class T>
 JH_INLINE void dot_tile_impl(const float* qsum, const T* entries, int64_t stride, int64_t d,
                              int64_t begin, int64_t end, float* out, float* scratch) {
-  for (int64_t t = begin; t < end; ++t)
+  for (int64_t t = begin; t < end; ++t) {
+    if (t + kPrefetchEntries < end) prefetch_entry(entries + (t + kPrefetchEntries) * stride, d);
     out[t - begin] = dot<V>(qsum, as_float(entries + t * stride, d, scratch), d);
+  }
 }
 
 // --- quest: score = sum_j sum_d max(q_jd * min_d, q_jd * max_d) over the group's heads j ----
@@ -157,18 +167,24 @@ JH_INLINE void quest_tile_impl(const float* q, int64_t group, const T* lo_entrie
                                float* scratch) {
   constexpr int L = kLanes<V>;
   for (int64_t t = begin; t < end; ++t) {
+    if (t + kPrefetchEntries < end) {
+      prefetch_entry(lo_entries + (t + kPrefetchEntries) * stride, d);
+      prefetch_entry(hi_entries + (t + kPrefetchEntries) * stride, d);
+    }
     const float* lo = as_float(lo_entries + t * stride, d, scratch);
     const float* hi = as_float(hi_entries + t * stride, d, scratch + d);
-    V acc = {};
+    V acc[2] = {};  // two chains: even and odd feature vectors
     int64_t i = 0;
     for (; i + L <= d; i += L) {
       const V l = load<V>(lo + i), h = load<V>(hi + i);
+      V part = {};
       for (int64_t j = 0; j < group; ++j) {
         const V qj = load<V>(q + j * d + i);
-        acc += nan_max(qj * l, qj * h);
+        part += nan_max(qj * l, qj * h);
       }
+      acc[(i / L) & 1] += part;
     }
-    float s = lane_sum(acc);
+    float s = lane_sum(acc[0] + acc[1]);
     for (; i < d; ++i)
       for (int64_t j = 0; j < group; ++j) s += nan_max(q[j * d + i] * lo[i], q[j * d + i] * hi[i]);
     out[t - begin] = s;
