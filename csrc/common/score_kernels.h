@@ -58,7 +58,6 @@ template <class V> JH_INLINE V load(const float* p) {
   std::memcpy(&v, p, sizeof(V));
   return v;
 }
-template <class V> JH_INLINE void store(float* p, V v) { std::memcpy(p, &v, sizeof(V)); }
 
 // Pairwise sum of the lanes: a short dependency chain, and a fixed order.
 template <class V> JH_INLINE float lane_sum(V v) {
