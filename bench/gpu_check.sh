@@ -17,6 +17,6 @@ echo "built in $(( $(date +%s) - start )) s"
 cd /tmp  # import the installed package, not the source tree
 python3 -c "import jax_hetero as jh, json; print(json.dumps(jh.build_info()['backends']['cuda']))"
 echo "== tests"
-timeout 420 python3 -m pytest "$OLDPWD/tests/test_cuda.py" -q -p no:cacheprovider "$@" 2>&1 | tee "$out/tests.log" | tail -25
+timeout 270 python3 -m pytest "$OLDPWD/tests/test_cuda.py" -q -p no:cacheprovider "$@" 2>&1 | tee "$out/tests.log" | tail -25
 echo "== benchmark"
 python3 "$OLDPWD/bench/gpu_bench.py" ${BENCH_ARGS:-} --json "$out/bench.json" 2>&1 | tee "$out/bench.log" | grep -v "^  "

@@ -71,7 +71,7 @@ def check_topk(scores, k, lengths=None):
 
 # ---- topk ----
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=25, deadline=None)
 @given(data=st.data())
 def test_topk_random(data):
     rows = data.draw(st.integers(1, 5))

@@ -1,6 +1,7 @@
 // Helpers shared by the CUDA handlers: error checking that returns ffi::Error, the device
 // of XLA's stream, scratch allocation and the top-k key order on the device.
 #pragma once
+#include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
@@ -78,6 +79,9 @@ class ScratchArena {
   size_t total_ = 0, used_ = 0;
   char* base_ = nullptr;
 };
+
+__host__ __device__ __forceinline__ int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+__host__ __device__ __forceinline__ int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
 
 // ---- key order on the device (same order as common/float_bits.h's order_key) ----
 // 32-bit keys; 16-bit types keep their own 16-bit key in the upper half, so radix passes
