@@ -7,6 +7,7 @@
 #include "common/ffi_util.h"
 #include "common/parallel.h"
 #include "common/registry.h"
+#include "common/score_driver.h"
 #include "common/score_kernels.h"
 
 namespace jax_hetero {
@@ -40,7 +41,9 @@ ffi::Error check(ffi::AnyBuffer k, ffi::Buffer<ffi::S32> lengths, int64_t block_
 // Calls fn(row, block, first, end) for the valid tokens [first, end) of every block.
 template <class Fn>
 void for_blocks(const Shape& s, const int32_t* lengths, Fn&& fn) {
+  const unsigned fp_mode = _mm_getcsr();
   parallel_for(s.rows * s.blocks, [&](int64_t task) {
+    const ScopedFpMode mode(fp_mode);  // the caller's denormal handling on every thread
     const int64_t row = task / s.blocks, block = task % s.blocks;
     const int64_t valid = std::clamp<int64_t>(lengths[row], 0, s.n);
     const int64_t first = block * s.block_size;
