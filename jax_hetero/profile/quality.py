@@ -42,10 +42,11 @@ def logits_after(model: Decoder, prompt, token):
 def relative_errors(context: int = 2048, budgets=(64, 128, 256, 512, 1024, 2048),
                     recipes=("seer", "quest", "dsa"), prompts: int = 3,
                     config: DecoderConfig = QUALITY_CONFIG, seed: int = 0, progress=sys.stderr) -> dict:
-    """{recipe: {budget: mean relative logit error}} at `context` tokens."""
-    config = dataclasses.replace(config, max_len=max(config.max_len, context + 1))
+    """{recipe: {budget: mean relative logit error}} with `context` tokens in the cache
+    (a prompt of context - 1 tokens, then the decode token)."""
+    config = dataclasses.replace(config, max_len=max(config.max_len, context))
     rng = np.random.default_rng(seed)
-    batch = jnp.asarray(rng.integers(0, config.vocab_size, (prompts, context)), jnp.int32)
+    batch = jnp.asarray(rng.integers(0, config.vocab_size, (prompts, context - 1)), jnp.int32)
     token = jnp.asarray(rng.integers(0, config.vocab_size, (prompts,)), jnp.int32)
     dense = Decoder(config, seed=seed)
     reference = logits_after(dense, batch, token)
