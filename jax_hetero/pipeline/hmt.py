@@ -7,8 +7,9 @@ Text is processed in segments; each finished segment leaves one memory embedding
               full, the oldest memory is replaced, as HMT keeps the most recent N);
 2. relevancy  attention logits of the current segment's summary (query projection) over the
               bank (key projection), ``relevancy(kind="dot")`` -> [b, slots];
-3. retrieve   the top-``k`` memories (``topk`` + ``gather``) -> [b, k, e], or with ``soft``
-              the softmax-weighted mix of all of them -> [b, 1, e];
+3. retrieve   the top-``k`` memories (``topk`` + ``gather``) -> [b, k, e] (while fewer than
+              k are stored, the missing ones are zero vectors and their indices -1), or
+              with ``soft`` the softmax-weighted mix of all of them -> [b, 1, e];
 4. apply      prepend the retrieved memories to the current segment -> [b, k + s, e].
 
 Update: ``{"segment": [b, s, e]}`` (the segment just processed);
