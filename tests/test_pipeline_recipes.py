@@ -157,3 +157,27 @@ def test_mismatched_model_and_recipe_dimensions():
         SparseAttention(SHAPE, recipe=make_recipe("quest", other, budget=64), rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="recipe='rag' is not an attention recipe"):
         SparseAttention(SHAPE, recipe="rag", rngs=nnx.Rngs(0))
+
+
+@pytest.mark.parametrize("key, options", [
+    ("quest", dict(page_size=16, budget=64)),
+    ("seer", dict(block_size=32, budget=64)),
+    ("dsa", dict(index_heads=8, index_dim=16, budget=16)),
+])
+def test_fused_indexer_selects_the_same_as_relevancy_then_topk(key, options):
+    rng = np.random.default_rng()
+    separate = MemoryPipeline(build(key, **options))
+    fused = MemoryPipeline(build(key, fused=True, **options))
+    context = int(rng.integers(40, 250))
+    memory = separate.prepare(separate.init_memory(2), random_update(rng, context))
+    query = random_query(rng)
+    expected = np.sort(np.asarray(separate.select(memory, query)), axis=-1)
+    np.testing.assert_array_equal(np.sort(np.asarray(fused.select(memory, query)), axis=-1), expected)
+    if jh.backends.has("indexer_" + {"seer": "dot"}.get(key, key), "fpga"):
+        on_fpga = fused.with_plan({"retrieve": "fpga"})
+        np.testing.assert_array_equal(np.sort(np.asarray(on_fpga.select(memory, query)), axis=-1), expected)
+
+
+def test_fused_seer_needs_a_budget():
+    with pytest.raises(ValueError, match="fused=True needs budget"):
+        make_recipe("seer", SHAPE, threshold=0.1, fused=True)

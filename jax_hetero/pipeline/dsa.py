@@ -9,7 +9,8 @@
 4. apply      token-sparse decode attention over them (``sparse_attention`` with block_size 1).
 
 Parameters: ``index_heads`` (default 64), ``index_dim`` (default 128), ``budget`` (tokens,
-default 2048 or the whole context if shorter).  The indexer is a small Flax module
+default 2048 or the whole context if shorter), ``fused`` (steps 2-3 as one ``indexer`` call
+in the retrieve step, as the FPGA runs it; relevancy then only projects the query).  The indexer is a small Flax module
 (:class:`LightningIndexer`), randomly initialised; DeepSeek trains it to match the
 attention distribution.
 """
@@ -47,8 +48,9 @@ class DSARecipe(AttentionRecipe):
     name = "dsa"
 
     def __init__(self, shape: AttentionShape, *, index_heads: int = 64, index_dim: int = 128,
-                 budget: int | None = None, rngs: nnx.Rngs | None = None):
+                 budget: int | None = None, fused: bool = False, rngs: nnx.Rngs | None = None):
         super().__init__(shape, 1)
+        self.fused = fused
         self.budget = budget if budget is not None else min(2048, self.capacity)
         self.check_budget(self.budget)
         self.indexer = LightningIndexer(shape.hidden_dim, index_heads, index_dim, rngs or nnx.Rngs(0))
@@ -70,11 +72,17 @@ class DSARecipe(AttentionRecipe):
 
     def relevancy(self, memory, query, *, backend):
         q, weights = self.indexer.queries(query["hidden"])
+        if self.fused:
+            return {"q": q.astype(jnp.float32), "weights": weights}
         return ops.relevancy(q.astype(jnp.float32), memory["index_keys"], kind="dsa",
                              weights=weights, lengths=memory["length"], backend=backend)
 
     def retrieve(self, memory, scores, *, backend):
-        tokens = ops.topk(scores, self.budget, lengths=memory["length"], backend=backend)[1]
+        if self.fused:
+            tokens = ops.indexer(scores["q"], memory["index_keys"], self.budget, kind="dsa",
+                                 weights=scores["weights"], lengths=memory["length"], backend=backend)[1]
+        else:
+            tokens = ops.topk(scores, self.budget, lengths=memory["length"], backend=backend)[1]
         return jnp.broadcast_to(tokens[:, None], (tokens.shape[0], self.shape.num_kv_heads, self.budget))
 
     def apply(self, memory, query, selection, *, backend):

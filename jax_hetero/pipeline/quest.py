@@ -10,7 +10,9 @@
 4. apply      block-sparse decode attention over the chosen pages (``sparse_attention``).
 
 Parameters: ``page_size`` (tokens per page, default 16), ``budget`` (tokens attended, a
-multiple of page_size, default 2048 or the whole context if shorter).
+multiple of page_size, default 2048 or the whole context if shorter), ``fused``: steps 2-3 as
+one ``indexer`` call in the retrieve step (scores never reach memory; the form an FPGA runs),
+relevancy then only passes the query on.
 """
 from __future__ import annotations
 
@@ -23,8 +25,10 @@ import jax.numpy as jnp
 class QuestRecipe(AttentionRecipe):
     name = "quest"
 
-    def __init__(self, shape: AttentionShape, *, page_size: int = 16, budget: int | None = None):
+    def __init__(self, shape: AttentionShape, *, page_size: int = 16, budget: int | None = None,
+                 fused: bool = False):
         super().__init__(shape, page_size)
+        self.fused = fused
         self.budget = budget if budget is not None else min(2048, self.capacity)
         self.check_budget(self.budget)
         self.pages = self.budget // page_size
@@ -33,7 +37,7 @@ class QuestRecipe(AttentionRecipe):
         s, nb = self.shape, self.num_blocks
         return {"prepare": f"page min/max [b, {nb}, {s.num_kv_heads}, {s.head_dim}] x2 (page_size={self.block_size})",
                 "relevancy": f"upper bound q [b, {s.num_heads}, {s.head_dim}] vs pages -> [b, {s.num_kv_heads}, {nb}]",
-                "retrieve": f"top-{self.pages} pages -> [b, {s.num_kv_heads}, {self.pages}] (budget {self.budget} tokens)",
+                "retrieve": ("fused indexer: score + " if self.fused else "") + f"top-{self.pages} pages -> [b, {s.num_kv_heads}, {self.pages}] (budget {self.budget} tokens)",
                 "apply": f"block-sparse attention over {self.pages} pages of {self.block_size}"}
 
     def init_extra(self, batch):
@@ -57,10 +61,16 @@ class QuestRecipe(AttentionRecipe):
         return memory
 
     def relevancy(self, memory, query, *, backend):
+        if self.fused:
+            return {"q": query["q"]}
         return ops.relevancy(query["q"], (memory["page_min"], memory["page_max"]), kind="quest",
                              lengths=memory["length"], block_size=self.block_size, backend=backend)
 
     def retrieve(self, memory, scores, *, backend):
+        if self.fused:
+            return ops.indexer(scores["q"], (memory["page_min"], memory["page_max"]), self.pages,
+                               kind="quest", lengths=memory["length"], block_size=self.block_size,
+                               backend=backend)[1]
         valid = jnp.broadcast_to(self.valid_blocks(memory)[:, None], scores.shape[:-1])
         return ops.topk(scores, self.pages, lengths=valid, backend=backend)[1]
 

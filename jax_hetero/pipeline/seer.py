@@ -14,7 +14,8 @@
 
 Parameters: ``block_size`` (default 64), ``budget`` (tokens, multiple of block_size) or
 ``threshold`` (probability in (0, 1)) with ``max_blocks`` (default: all blocks),
-``gate_dim`` (default head_dim) and ``gate_init``: "identity" (an untrained gate ranks blocks
+``gate_dim`` (default head_dim), ``fused`` (top-k mode only: steps 2-3 as one ``indexer``
+call in the retrieve step, relevancy then only projects the query) and ``gate_init``: "identity" (an untrained gate ranks blocks
 by q . mean key, the natural prior; train it by distillation for real use) or "random".
 """
 from __future__ import annotations
@@ -49,9 +50,12 @@ class SeerRecipe(AttentionRecipe):
 
     def __init__(self, shape: AttentionShape, *, block_size: int = 64, budget: int | None = None,
                  threshold: float | None = None, max_blocks: int | None = None,
-                 gate_dim: int | None = None, gate_init: str = "identity",
+                 gate_dim: int | None = None, gate_init: str = "identity", fused: bool = False,
                  rngs: nnx.Rngs | None = None):
         super().__init__(shape, block_size)
+        if fused and threshold is not None:
+            raise ValueError("seer: fused=True needs budget (top-k); a threshold needs the scores")
+        self.fused = fused
         if budget is not None and threshold is not None:
             raise ValueError("seer: give either budget (top-k blocks) or threshold, not both")
         if threshold is None:
@@ -99,10 +103,15 @@ class SeerRecipe(AttentionRecipe):
         return memory
 
     def relevancy(self, memory, query, *, backend):
+        if self.fused:
+            return {"q": self.gate.query(query["q"])}
         return ops.relevancy(self.gate.query(query["q"]), memory["gate_keys"], kind="dot",
                              lengths=memory["length"], block_size=self.block_size, backend=backend)
 
     def retrieve(self, memory, scores, *, backend):
+        if self.fused:
+            return ops.indexer(scores["q"], memory["gate_keys"], self.max_blocks, kind="dot",
+                               lengths=memory["length"], block_size=self.block_size, backend=backend)[1]
         valid = jnp.broadcast_to(self.valid_blocks(memory)[:, None], scores.shape[:-1])
         if self.threshold is not None:
             probability = jax.nn.softmax(scores * self.gate_dim ** -0.5, axis=-1)
