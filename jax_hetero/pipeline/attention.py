@@ -71,7 +71,10 @@ class AttentionRecipe(Recipe):
     summaries never straddle the end of the cache.
     """
 
-    def __init__(self, shape: AttentionShape, block_size: int, budget: int | None = None):
+    # Whether prefill hands update_extra the keys of the blocks it touched (block summaries).
+    summarizes_blocks = False
+
+    def __init__(self, shape: AttentionShape, block_size: int):
         if not isinstance(shape, AttentionShape):
             raise TypeError(f"{self.name}: shape must be an AttentionShape, got {type(shape).__name__}")
         if not isinstance(block_size, int) or block_size < 1:
@@ -80,8 +83,6 @@ class AttentionRecipe(Recipe):
         self.block_size = block_size
         self.num_blocks = -(-shape.max_len // block_size)
         self.capacity = self.num_blocks * block_size
-        if budget is not None:
-            self.check_budget(budget)
 
     def check_budget(self, budget):
         """A token budget must be a positive multiple of the block size and fit the context."""
@@ -124,12 +125,13 @@ class AttentionRecipe(Recipe):
         """
         position = jnp.asarray(update["position"], jnp.int32)
         new = update["k"].shape[1]
-        touched = None if new == 1 else self.touched_blocks(memory["k"], update["k"], position)
+        touched = (self.touched_blocks(memory["k"], update["k"], position)
+                   if new > 1 and self.summarizes_blocks else None)
         memory = dict(memory)
         memory["k"] = jax.lax.dynamic_update_slice_in_dim(memory["k"], update["k"].astype(jnp.float32), position, 1)
         memory["v"] = jax.lax.dynamic_update_slice_in_dim(memory["v"], update["v"].astype(jnp.float32), position, 1)
         memory["length"] = jnp.full_like(memory["length"], position + new)
-        if touched is None:
+        if new == 1:
             return self.append_token(memory, update, position, backend)
         return self.update_extra(memory, update, position, touched, backend)
 
@@ -154,8 +156,8 @@ class AttentionRecipe(Recipe):
         return first, keys
 
     def refresh_blocks(self, memory, touched, kind: str, backend: str):
-        """Summaries of the touched blocks; only they are re-summarised, so a decode step
-        costs one block, not the whole cache.  Returns (first block, summaries)."""
+        """Summaries of the blocks a prefill touched (only those are re-summarised).
+        Returns (first block, summaries)."""
         first, keys = touched
         filled = jnp.clip(memory["length"] - first * self.block_size, 0, keys.shape[1])
         return first, ops.summarize(keys, block_size=self.block_size, kind=kind, lengths=filled, backend=backend)

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 
 class QuestRecipe(AttentionRecipe):
     name = "quest"
+    summarizes_blocks = True
 
     def __init__(self, shape: AttentionShape, *, page_size: int = 16, budget: int | None = None,
                  fused: bool = False):

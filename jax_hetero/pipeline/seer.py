@@ -47,6 +47,7 @@ class SeerGate(nnx.Module):
 
 class SeerRecipe(AttentionRecipe):
     name = "seer"
+    summarizes_blocks = True
 
     def __init__(self, shape: AttentionShape, *, block_size: int = 64, budget: int | None = None,
                  threshold: float | None = None, max_blocks: int | None = None,
