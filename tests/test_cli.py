@@ -33,6 +33,7 @@ def test_tiny_demo_agrees_with_dense_at_full_budget(capsys):
     result = run_demo(context=192, steps=3, budget=64, profile_context=512)
     out = capsys.readouterr().out
     assert "agreement with dense attention" in out and "| quest | 512 |" in out and "rag (BM25" in out
+    assert "hmt (compressed memory): 4 segments of 48 tokens" in out
     for recipe in ("seer", "quest", "dsa"):
         assert result["agreement"][recipe]["full_budget_max_diff"] < 1e-3
     shares = {p["recipe"]: p["memory_share"] for p in result["profiles"]}

@@ -81,5 +81,14 @@ def run_demo(context: int = 2048, steps: int = 16, budget: int = 256, profile_co
     prompt_text = bytes(store_memory.augment(store, [question])[0].astype(np.uint8)).decode()
     say(f"\nrag (BM25 over {len(store)} shipped paragraphs): {question!r} -> context starts "
         f"{prompt_text[:70]!r}...", out)
+    hmt = RetrievalMemory("hmt", embed_dim=config.hidden_dim, slots=8, k=2)
+    hmt_memory = hmt.init_memory(1)
+    process = jax.jit(hmt.process_segment)
+    segment = min(context, 1024) // 4
+    for i in range(4):
+        extended, hmt_memory = process(hmt_memory, dense.embed(prompt[:, i * segment:(i + 1) * segment]))
+    say(f"hmt (compressed memory): 4 segments of {segment} tokens; the last went to the model as "
+        f"{extended.shape[1]} embeddings (2 retrieved segment memories + {segment}), "
+        f"{int(hmt_memory['count'][0])} memories stored", out)
     say(f"\ndone in {time.perf_counter() - started:.0f} s", out)
     return {"agreement": results, "profiles": [p.to_dict() for p in profiles]}
