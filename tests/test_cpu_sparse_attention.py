@@ -158,3 +158,13 @@ def test_out_of_range_index_under_jit(rng, bad):
     indices = indices.at[1, 0, 2].set(bad)
     with pytest.raises(jax.errors.JaxRuntimeError, match="sparse_attention"):
         jax.block_until_ready(attention("cpu", 8)(q, k, v, indices, lengths))
+
+
+def test_float16_subnormal_values(rng):
+    """Values below float16's normal range (subnormal halves) convert exactly."""
+    q, k, v, indices, lengths = make_inputs(rng, 2, 4, 2, 16, 64, 8, 4, jnp.float16)
+    v = (v.astype(jnp.float32) * 1e-5).astype(jnp.float16)  # mostly subnormal
+    out = attention("cpu", 8)(q, k, v, indices, lengths)
+    ref = attention("xla", 8)(q, k, v, indices, lengths)
+    # Two subnormal steps (2**-24 each) of rounding difference at most.
+    np.testing.assert_allclose(np.asarray(out, np.float32), np.asarray(ref, np.float32), rtol=0, atol=2**-23)

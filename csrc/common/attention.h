@@ -50,11 +50,29 @@ JAX_HETERO_KERNEL float exp_approx(float x) {
   return x < -87.0f ? 0.0f : p * two_to_n;
 }
 
+// to_float for float16 with selects instead of branches, so a row converts in vector
+// registers.  Subnormal halves go through an exact int-to-float conversion, never through a
+// float32 subnormal (which a flush-to-zero mode would lose).
+JAX_HETERO_KERNEL float half_to_float(float16_bits x) {
+  const uint32_t sign = uint32_t(x.bits & 0x8000u) << 16, magnitude = x.bits & 0x7fffu;
+  const uint32_t normal = (magnitude << 13) + (112u << 23);    // rebias the exponent
+  const uint32_t inf_nan = (magnitude << 13) | 0x7f800000u;
+  const uint32_t subnormal = float_to_bits(float(int32_t(magnitude)) * (1.0f / 16777216.0f));
+  const uint32_t is_inf_nan = 0u - uint32_t(magnitude >= 0x7c00u);  // all ones or zero
+  const uint32_t is_subnormal = 0u - uint32_t(magnitude < 0x0400u);
+  const uint32_t bits = (inf_nan & is_inf_nan) | (subnormal & is_subnormal) |
+                        (normal & ~(is_inf_nan | is_subnormal));
+  return bits_to_float(bits | sign);
+}
+
 // A row of d elements as float32: the row itself for float, else converted into `scratch`.
 JAX_HETERO_KERNEL const float* row_as_float(const float* row, float*, int64_t) { return row; }
-template <class T>
-JAX_HETERO_KERNEL const float* row_as_float(const T* row, float* scratch, int64_t d) {
+JAX_HETERO_KERNEL const float* row_as_float(const bfloat16_bits* row, float* scratch, int64_t d) {
   for (int64_t i = 0; i < d; ++i) scratch[i] = to_float(row[i]);
+  return scratch;
+}
+JAX_HETERO_KERNEL const float* row_as_float(const float16_bits* row, float* scratch, int64_t d) {
+  for (int64_t i = 0; i < d; ++i) scratch[i] = half_to_float(row[i]);
   return scratch;
 }
 
