@@ -144,6 +144,21 @@ register_command("quality", "relative error against dense attention as a functio
                  _quality_arguments, _quality)
 
 
+# plan
+def _plan_arguments(parser):
+    from .placement.cli import add_arguments
+    add_arguments(parser)
+
+
+def _plan(args):
+    from .placement.cli import run
+    return run(args)
+
+
+register_command("plan", "where each memory step should run: measured CPU/GPU, modelled FPGA, transfers, energy",
+                 _plan_arguments, _plan)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jax-hetero", description="jax_hetero: memory processing for long-context inference")
     sub = parser.add_subparsers(dest="command", required=True, metavar="command")

@@ -82,13 +82,25 @@ def test_bad_arguments():
 
 
 def test_measured_plan_runs_in_a_pipeline():
-    """A real (small) measurement, and the resulting plan drives the decoder unchanged."""
-    from jax_hetero.nn import Decoder, DecoderConfig
+    """A real (small) measurement; then a plan using the FPGA drives the decoder unchanged
+    and decodes the same tokens as the all-CPU placement."""
+    from jax_hetero.nn import Decoder, DecoderConfig, generate
     config = DecoderConfig(vocab_size=64, hidden_dim=64, num_layers=1, num_heads=4, num_kv_heads=2,
                            head_dim=16, mlp_dim=128, max_len=1024)
     options = {"page_size": 16, "budget": 256}
-    placement = plan_placement("quest", 1024, devices=[cpu_device(), fpga_device()], options=options,
-                               config=config)
+    devices = [cpu_device(), fpga_device()]
+    placement = plan_placement("quest", 1024, devices=devices, options=options, config=config)
     assert all(c.seconds >= 0 for c in placement.steps) and placement.rest_seconds >= 0
-    model = Decoder(config, recipe="quest", recipe_options=options, plan=placement.plan)
-    assert model.pipelines[0].plan == placement.plan
+
+    slow_cpu = {"cpu": ({"prepare": 1e-4, "relevancy": 1.0, "retrieve": 1.0, "apply": 1e-4}, 1e-3)}
+    offload = plan_placement("quest", 1024, devices=devices, options=options, config=config, measured=slow_cpu)
+    assert offload.plan["retrieve"] == "fpga" and offload.recipe_options == {"fused": True}
+    prompt = jnp.asarray(np.random.default_rng(0).integers(0, 64, (1, 300)), jnp.int32)
+    outputs = []
+    for plan, extra in ((offload.plan, offload.recipe_options), ({s: "cpu" for s in offload.plan}, {})):
+        model = Decoder(config, recipe="quest", recipe_options={**options, **extra}, plan=plan)
+        assert model.pipelines[0].plan == plan
+        tokens, logits, _ = generate(model, prompt, steps=4)
+        outputs.append((np.asarray(tokens), np.asarray(logits)))
+    np.testing.assert_array_equal(outputs[0][0], outputs[1][0])
+    np.testing.assert_allclose(outputs[0][1], outputs[1][1], rtol=1e-4, atol=1e-4)

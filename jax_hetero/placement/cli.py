@@ -22,7 +22,8 @@ def run(args):
     placement = plan_placement(args.recipe, args.context, devices=available_devices(not args.no_fpga),
                                objective=args.objective, progress=progress)
     print(placement.table())
-    print(f"plan for MemoryPipeline(plan=...): {placement.plan}")
+    print(f"plan for MemoryPipeline(plan=...) / Decoder(plan=...): {placement.plan}"
+          + (f" with recipe options {placement.recipe_options}" if placement.recipe_options else ""))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(placement.to_dict(), f, indent=2)

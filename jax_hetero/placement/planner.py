@@ -56,6 +56,12 @@ class Placement:
         return {c.step: self.backends[c.device] for c in self.steps}
 
     @property
+    def recipe_options(self) -> dict:
+        """Recipe options the plan needs: the FPGA runs relevancy+retrieve as one fused
+        indexer call, so a plan using it builds the recipe with ``fused=True``."""
+        return {"fused": True} if "fpga" in (c.device for c in self.steps) else {}
+
+    @property
     def speedup(self) -> float:
         return self.baseline_seconds / self.total_seconds
 
@@ -82,7 +88,8 @@ class Placement:
 
     def to_dict(self) -> dict:
         out = dataclasses.asdict(self)
-        out.update(plan=self.plan, speedup=self.speedup, energy_ratio=self.energy_ratio)
+        out.update(plan=self.plan, recipe_options=self.recipe_options, speedup=self.speedup,
+                   energy_ratio=self.energy_ratio)
         return out
 
 
