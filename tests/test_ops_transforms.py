@@ -49,6 +49,13 @@ def test_sparse_attention_grad(backend, rng):
     check_grads(f, (q, k, v), order=1, modes=["rev"], atol=2e-2, rtol=2e-2)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_sparse_attention_without_slots_gives_zeros(backend, rng):
+    q, kv = random_array(rng, (2, 4, 8)), random_array(rng, (2, 32, 2, 8))
+    out = jh.sparse_attention(q, kv, kv, jnp.zeros((2, 2, 0), jnp.int32), block_size=8, backend=backend)
+    np.testing.assert_array_equal(np.asarray(out), 0)
+
+
 @pytest.mark.parametrize("kind", ["dot", "quest", "dsa"])
 def test_relevancy_reference_is_differentiable(kind, rng):
     q = random_array(rng, (2, 4, 8))

@@ -33,6 +33,8 @@ def sparse_attention_reference(q, k, v, block_indices, lengths, block_size: int,
     """Dense softmax attention of each query head over its KV head's selected tokens."""
     b, hq, d = q.shape
     n, hkv = k.shape[1], k.shape[2]
+    if block_indices.shape[-1] == 0:  # no slots: no token to attend to
+        return jnp.zeros_like(q)
     pos, valid = selected_token_mask(block_indices, lengths, block_size, n)
     pos = pos.reshape(b, hkv, -1)
     valid = valid.reshape(b, hkv, 1, -1)

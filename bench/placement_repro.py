@@ -1,0 +1,63 @@
+"""Planner predictions for the paper's attention workloads at 16K-128K contexts.
+
+For each recipe and context: measure the steps on the devices present (CPU; GPU when there
+is one), take the FPGA kernel's modelled time and the modelled transfers, and print the best
+placement's predicted decode-step time and energy against running every step on the model's
+device -- beside the source paper's reported range (1.04-2.2x speed, 1.11-4.7x energy vs
+GPU only, measured there on a real GPU + U55C).  FPGA figures are MODELLED.
+
+    python bench/placement_repro.py [--contexts 16K,32K,64K,128K] [--recipes seer,quest,dsa]
+                                    [--markdown docs/placement_repro.md] [--json PATH]
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import sys
+
+import jax
+
+from jax_hetero.__main__ import parse_tokens
+from jax_hetero.placement import available_devices, plan_placement
+from jax_hetero.profile import device_name
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--contexts", default="16K,32K,64K,128K")
+    parser.add_argument("--recipes", default="seer,quest,dsa")
+    parser.add_argument("--markdown", metavar="PATH")
+    parser.add_argument("--json", metavar="PATH")
+    args = parser.parse_args(argv)
+    contexts = [parse_tokens(c) for c in args.contexts.split(",")]
+    recipes = args.recipes.split(",")
+    devices = available_devices()
+    header = (f"{datetime.date.today().isoformat()}, jax {jax.__version__}, measured on {device_name()}; "
+              f"devices: " + ", ".join(f"{d.name} (backend {d.backend}, power {d.power_source})" for d in devices))
+    print(header, flush=True)
+    rows, results = [], []
+    for recipe in recipes:
+        for context in contexts:
+            print(f"[repro] {recipe} at {context} tokens ...", file=sys.stderr, flush=True)
+            p = plan_placement(recipe, context, devices=devices)
+            results.append(p.to_dict())
+            offloaded = ", ".join(f"{c.step}->{c.device}" for c in p.steps if c.device != p.model_device) or "none"
+            rows.append(f"| {recipe} | {context:,} | {offloaded} | {p.baseline_seconds * 1e3:.2f} | "
+                        f"{p.total_seconds * 1e3:.2f} | {p.speedup:.2f}x | {p.energy_ratio:.2f}x |")
+    table = "\n".join([
+        f"| recipe | context | steps moved off the {results[0]['model_device']} | all on "
+        f"{results[0]['model_device']} ms | planned ms | speed-up | energy ratio |",
+        "|---|---|---|---|---|---|---|", *rows])
+    print(table)
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(f"Measured + modelled: {header}\n\nCommand: `python bench/placement_repro.py "
+                    f"--contexts {args.contexts} --recipes {args.recipes}`\n\n{table}\n")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
