@@ -61,7 +61,7 @@ __host__ __device__ inline SelectSmem select_smem(int capacity, bool has_idx, si
   size_t off = 0;
   s.keys = off; off += size_t(capacity) * 4;
   s.idx = off; off += has_idx ? size_t(capacity) * 4 : 0;
-  s.hist = off; off += 4 * kBins * 4;  // this CTA's histogram + rank 0's merged one per pass
+  s.hist = off; off += 2 * kBins * 4;  // this CTA's histogram + its merged slice
   s.sort_keys = off; off += kSortCap * 4;
   s.sort_idx = off; off += kSortCap * 4;
   s.extra = off; off += extra_bytes;
@@ -72,7 +72,7 @@ __host__ __device__ inline SelectSmem select_smem(int capacity, bool has_idx, si
 using SortBlock = cub::BlockRadixSort<uint32_t, kSelectThreads, kSortCap / kSelectThreads, int32_t, 4>;
 using ScanBlock = cub::BlockScan<uint32_t, kSelectThreads>;
 // The sort reuses the histograms and the (already loaded) sort buffer, which lie back to back.
-static_assert(sizeof(SortBlock::TempStorage) <= 4 * kBins * 4 + 2 * kSortCap * 4, "sort storage too large");
+static_assert(sizeof(SortBlock::TempStorage) <= 2 * kBins * 4 + 2 * kSortCap * 4, "sort storage too large");
 
 template <class Loader>
 __global__ void __launch_bounds__(kSelectThreads)
@@ -103,14 +103,13 @@ select_kernel(const Loader loader, const SelectParams p) {
   const int64_t begin = seg_begin + int64_t(rank) * p.per_cta;
   const int len = int(max64(0, min64(begin + p.per_cta, seg_end) - begin));
   // The loader also counts the first radix digit (bits 21..31) of every key it stores.
+  // Rank r of the cluster owns bins [r * span, (r + 1) * span) of the merged histogram.
   uint32_t* local_hist = hist;
-  uint32_t* merged = hist + kBins;  // rank 0: one merged histogram per pass (at most 3)
+  uint32_t* merged = hist + kBins;
+  const int span = kBins / cs;
   for (int b = tid; b < kBins; b += kSelectThreads) local_hist[b] = 0;
-  if (rank == 0)
-    for (int b = tid; b < 3 * kBins; b += kSelectThreads) merged[b] = 0;
   __syncthreads();
   loader.load(row, begin, len, keys, idx, local_hist, smem + lay.extra);
-  cluster.sync();
 
   // Radix passes: find the key T of the k'-th largest entry (k' = min(k, valid entries)).
   uint32_t prefix = 0, prefix_mask = 0, remaining = 0, selected = 0;
@@ -125,14 +124,21 @@ select_kernel(const Loader loader, const SelectParams p) {
         if ((key & prefix_mask) == prefix) atomicAdd(&local_hist[(key >> lo) & digit_mask], 1u);
       }
     }
-    __syncthreads();
-    // Push the non-zero bins into rank 0 (few after the first pass), then read the sum
-    // back: thread t owns bins kBins-1-4t ... kBins-4-4t (descending order).
-    uint32_t* merged_pass = cluster.map_shared_rank(merged + pass * kBins, 0);
-    for (int b = tid; b < kBins; b += kSelectThreads)
-      if (local_hist[b]) atomicAdd(&merged_pass[b], local_hist[b]);
-    cluster.sync();
-    const uint4 four = reinterpret_cast<const uint4*>(merged_pass)[(kBins - 4 - tid * 4) / 4];
+    cluster.sync();  // every CTA's histogram is complete
+    // Sum my slice over the cluster (16-byte remote reads) ...
+    for (int b4 = tid; b4 < span / 4; b4 += kSelectThreads) {
+      uint4 sum = make_uint4(0, 0, 0, 0);
+      for (int r = 0; r < cs; ++r) {
+        const uint4 v = reinterpret_cast<const uint4*>(cluster.map_shared_rank(local_hist, r))[rank * (span / 4) + b4];
+        sum.x += v.x, sum.y += v.y, sum.z += v.z, sum.w += v.w;
+      }
+      reinterpret_cast<uint4*>(merged)[b4] = sum;
+    }
+    cluster.sync();  // every slice is merged
+    // ... then read the four bins kBins-4-4t ... kBins-1-4t from their owner (descending order).
+    const int first_bin = kBins - 4 - tid * 4;
+    const uint4 four = reinterpret_cast<const uint4*>(
+        cluster.map_shared_rank(merged, first_bin / span))[(first_bin % span) / 4];
     const uint32_t cnt[4] = {four.w, four.z, four.y, four.x};
     const uint32_t own = cnt[0] + cnt[1] + cnt[2] + cnt[3];
     uint32_t before, total;

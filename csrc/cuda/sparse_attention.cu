@@ -11,7 +11,7 @@ namespace {
 
 constexpr int kAttnWarps = 4;
 constexpr int kAttnThreads = kAttnWarps * 32;
-constexpr int kMaxGroup = 8;   // query heads per KV head
+constexpr int kMaxGroup = 8;   // query heads per KV head (kernels for groups up to 4 and 8)
 constexpr int kTokensPerStep = 4;  // tokens a warp loads before using them
 constexpr int kMaxSlots = 4096;  // selected slots per (sequence, KV head)
 
@@ -54,8 +54,8 @@ struct AttnParams {
   float* partial;    // [rows, hq, splits, d + 2] (m, l, acc) when splits > 1
 };
 
-template <class T, int DPL>
-__global__ void __launch_bounds__(kAttnThreads)
+template <class T, int DPL, int G>
+__global__ void __launch_bounds__(kAttnThreads, G <= 4 ? 4 : 2)
 attention_kernel(const T* q, const T* k, const T* v, const int32_t* block_indices, const int32_t* lengths,
                  T* out, const AttnParams p) {
   __shared__ int s_block[kMaxSlots];  // block index of each slot of this split, -1 if unused
@@ -76,9 +76,9 @@ attention_kernel(const T* q, const T* k, const T* v, const int32_t* block_indice
       if (slots[e] == b) b = -1;
     s_block[s - s0] = b;
   }
-  float qv[kMaxGroup][DPL], acc[kMaxGroup][DPL], m[kMaxGroup], l[kMaxGroup];
+  float qv[G][DPL], acc[G][DPL], m[G], l[G];
 #pragma unroll
-  for (int h = 0; h < kMaxGroup; ++h) {
+  for (int h = 0; h < G; ++h) {
     m[h] = -INFINITY;
     l[h] = 0.f;
 #pragma unroll
@@ -106,7 +106,7 @@ attention_kernel(const T* q, const T* k, const T* v, const int32_t* block_indice
       }
     }
 #pragma unroll
-    for (int h = 0; h < kMaxGroup; ++h) {
+    for (int h = 0; h < G; ++h) {
       if (h >= p.group) break;
       float logit[kTokensPerStep];
       float top = -INFINITY;
@@ -138,7 +138,7 @@ attention_kernel(const T* q, const T* k, const T* v, const int32_t* block_indice
 
   // Combine the warps, then write the output (one split) or this split's partial state.
 #pragma unroll
-  for (int h = 0; h < kMaxGroup; ++h) {
+  for (int h = 0; h < G; ++h) {
     if (h >= p.group) break;
     if (lane == 0) s_m[warp][h] = m[h], s_l[warp][h] = l[h];
 #pragma unroll
@@ -206,7 +206,7 @@ ffi::Error run_attention(cudaStream_t stream, ffi::ScratchAllocator& scratch, co
   JH_RETURN_IF_ERROR(arena.allocate(op, scratch));
   p.partial = p.splits > 1 ? arena.take<float>(partial_bytes) : nullptr;
   const size_t smem = size_t(kAttnWarps) * p.group * p.d * 4;
-  auto kernel = attention_kernel<T, DPL>;
+  auto kernel = p.group <= 4 ? attention_kernel<T, DPL, 4> : attention_kernel<T, DPL, kMaxGroup>;
   JH_CUDA_CHECK(op, cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
   kernel<<<unsigned(pairs * p.splits), kAttnThreads, smem, stream>>>(
       static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v), bi, lengths,
