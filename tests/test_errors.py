@@ -80,6 +80,13 @@ def test_missing_backend_says_how_to_build():
         jh.topk(x, 2, backend=missing[0])
 
 
+def test_cuda_backend_without_a_gpu_says_so():
+    if jh.backends.module("cuda") is None or jax.default_backend() != "cpu":
+        pytest.skip("needs the CUDA module built on a machine without a GPU")
+    with pytest.raises(jh.BackendUnavailableError, match=r"topk: backend='cuda' .* no CUDA device"):
+        jh.topk(x, 2, backend="cuda")
+
+
 def test_build_info_reports_backends():
     info = jh.build_info()
     assert info["backends"]["cpu"]["available"]

@@ -93,6 +93,19 @@ def require(op: str, backend: str, target: str | None = None) -> None:
         raise BackendUnavailableError(
             f"{op}: backend={backend!r} has no handler for this op; available there: "
             f"{sorted(mod.registrations())}. Use backend='xla' or 'auto'.")
+    if backend == "cuda" and not _has_gpu():
+        raise BackendUnavailableError(
+            f"{op}: backend='cuda' was requested but JAX sees no CUDA device here "
+            f"(jax.devices() = {jax.devices()}); use backend='auto' or 'cpu', or install "
+            f"jax with its CUDA plugin on a GPU machine.")
+
+
+@lru_cache(maxsize=None)
+def _has_gpu() -> bool:
+    try:
+        return bool(jax.devices("gpu"))
+    except RuntimeError:
+        return False
 
 
 def resolve(op: str, backend: str, target: str | None = None) -> str:
