@@ -9,6 +9,7 @@
 #include "common/ffi_util.h"
 #include "common/parallel.h"
 #include "common/registry.h"
+#include "common/signatures.h"
 
 namespace jax_hetero {
 namespace {
@@ -99,11 +100,7 @@ ffi::Error gather_cpu(ffi::AnyBuffer table, ffi::Buffer<ffi::S32> indices, ffi::
 
 }  // namespace
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(GatherCpu, gather_cpu,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::Buffer<ffi::S32>>()
-                                  .Ret<ffi::AnyBuffer>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(GatherCpu, gather_cpu, gather_signature(ffi::Ffi::Bind()));
 JAX_HETERO_REGISTER("gather", GatherCpu);
 
 }  // namespace jax_hetero

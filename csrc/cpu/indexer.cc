@@ -5,6 +5,7 @@
 #include "common/registry.h"
 #include "common/relevancy_args.h"
 #include "common/score_driver.h"
+#include "common/signatures.h"
 
 namespace jax_hetero {
 namespace {
@@ -47,31 +48,11 @@ ffi::Error indexer_dsa_cpu(ffi::AnyBuffer q, ffi::AnyBuffer keys, ffi::Buffer<ff
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(IndexerDotCpu, indexer_dot_cpu,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::Buffer<ffi::S32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::S32>>()
-                                  .Attr<int64_t>("k"));
+                              indexer_results(dot_operands(ffi::Ffi::Bind())));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(IndexerQuestCpu, indexer_quest_cpu,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::Buffer<ffi::S32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::S32>>()
-                                  .Attr<int64_t>("k"));
+                              indexer_results(quest_operands(ffi::Ffi::Bind())));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(IndexerDsaCpu, indexer_dsa_cpu,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::S32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::S32>>()
-                                  .Attr<int64_t>("k"));
+                              indexer_results(dsa_operands(ffi::Ffi::Bind())));
 JAX_HETERO_REGISTER("indexer_dot", IndexerDotCpu);
 JAX_HETERO_REGISTER("indexer_quest", IndexerQuestCpu);
 JAX_HETERO_REGISTER("indexer_dsa", IndexerDsaCpu);

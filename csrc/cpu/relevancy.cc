@@ -4,6 +4,7 @@
 #include "common/registry.h"
 #include "common/relevancy_args.h"
 #include "common/score_driver.h"
+#include "common/signatures.h"
 
 namespace jax_hetero {
 namespace {
@@ -37,25 +38,11 @@ ffi::Error relevancy_dsa_cpu(ffi::AnyBuffer q, ffi::AnyBuffer keys, ffi::Buffer<
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(RelevancyDotCpu, relevancy_dot_cpu,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::Buffer<ffi::S32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>());
+                              relevancy_result(dot_operands(ffi::Ffi::Bind())));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(RelevancyQuestCpu, relevancy_quest_cpu,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::Buffer<ffi::S32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>());
+                              relevancy_result(quest_operands(ffi::Ffi::Bind())));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(RelevancyDsaCpu, relevancy_dsa_cpu,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::S32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>());
+                              relevancy_result(dsa_operands(ffi::Ffi::Bind())));
 JAX_HETERO_REGISTER("relevancy_dot", RelevancyDotCpu);
 JAX_HETERO_REGISTER("relevancy_quest", RelevancyQuestCpu);
 JAX_HETERO_REGISTER("relevancy_dsa", RelevancyDsaCpu);

@@ -9,6 +9,7 @@
 #include "common/ffi_util.h"
 #include "common/parallel.h"
 #include "common/registry.h"
+#include "common/signatures.h"
 
 namespace jax_hetero {
 namespace {
@@ -177,15 +178,7 @@ ffi::Error sparse_attention_cpu(ffi::AnyBuffer q, ffi::AnyBuffer k, ffi::AnyBuff
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(SparseAttentionCpu, sparse_attention_cpu,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::Buffer<ffi::S32>>()
-                                  .Arg<ffi::Buffer<ffi::S32>>()
-                                  .Ret<ffi::AnyBuffer>()
-                                  .Attr<int64_t>("block_size")
-                                  .Attr<float>("scale"));
+                              sparse_attention_signature(ffi::Ffi::Bind()));
 JAX_HETERO_REGISTER("sparse_attention", SparseAttentionCpu);
 
 }  // namespace jax_hetero

@@ -9,6 +9,7 @@
 #include "common/registry.h"
 #include "common/score_driver.h"
 #include "common/score_kernels.h"
+#include "common/signatures.h"
 
 namespace jax_hetero {
 namespace {
@@ -120,18 +121,9 @@ ffi::Error summarize_mean_cpu(ffi::AnyBuffer k, ffi::Buffer<ffi::S32> lengths,
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(SummarizeMinmaxCpu, summarize_minmax_cpu,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::Buffer<ffi::S32>>()
-                                  .Ret<ffi::AnyBuffer>()
-                                  .Ret<ffi::AnyBuffer>()
-                                  .Attr<int64_t>("block_size"));
+                              summarize_minmax_signature(ffi::Ffi::Bind()));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(SummarizeMeanCpu, summarize_mean_cpu,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::Buffer<ffi::S32>>()
-                                  .Ret<ffi::AnyBuffer>()
-                                  .Attr<int64_t>("block_size"));
+                              summarize_mean_signature(ffi::Ffi::Bind()));
 JAX_HETERO_REGISTER("summarize_minmax", SummarizeMinmaxCpu);
 JAX_HETERO_REGISTER("summarize_mean", SummarizeMeanCpu);
 

@@ -8,6 +8,7 @@
 #include "common/parallel.h"
 #include "common/registry.h"
 #include "common/topk_select.h"
+#include "common/signatures.h"
 
 namespace jax_hetero {
 namespace {
@@ -82,13 +83,7 @@ ffi::Error topk_cpu(ffi::AnyBuffer scores, ffi::Buffer<ffi::S32> lengths,
 
 }  // namespace
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(TopkCpu, topk_cpu,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::Buffer<ffi::S32>>()
-                                  .Ret<ffi::AnyBuffer>()
-                                  .Ret<ffi::Buffer<ffi::S32>>()
-                                  .Attr<int64_t>("k"));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(TopkCpu, topk_cpu, topk_signature(ffi::Ffi::Bind()));
 JAX_HETERO_REGISTER("topk", TopkCpu);
 
 }  // namespace jax_hetero

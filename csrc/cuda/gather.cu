@@ -4,6 +4,7 @@
 // check costs one device-to-host copy and a stream synchronisation per call.
 #include "common/registry.h"
 #include "cuda/cuda_util.h"
+#include "common/signatures.h"
 
 namespace jax_hetero {
 namespace {
@@ -119,12 +120,7 @@ ffi::Error gather_cuda(cudaStream_t stream, ffi::ScratchAllocator scratch, ffi::
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(GatherCuda, gather_cuda,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::PlatformStream<cudaStream_t>>()
-                                  .Ctx<ffi::ScratchAllocator>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::Buffer<ffi::S32>>()
-                                  .Ret<ffi::AnyBuffer>());
+                              gather_signature(ffi::Ffi::Bind().Ctx<ffi::PlatformStream<cudaStream_t>>().Ctx<ffi::ScratchAllocator>()));
 JAX_HETERO_REGISTER("gather", GatherCuda);
 
 }  // namespace jax_hetero

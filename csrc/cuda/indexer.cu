@@ -4,6 +4,7 @@
 // tensor cores (mma.sync m16n8k16, float32 accumulation); other shapes a float32 warp path.
 #include "common/registry.h"
 #include "cuda/select.cuh"
+#include "common/signatures.h"
 
 namespace jax_hetero {
 namespace {
@@ -252,26 +253,11 @@ ffi::Error indexer_dsa_cuda(cudaStream_t stream, ffi::ScratchAllocator scratch, 
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(RelevancyDsaCuda, relevancy_dsa_cuda,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::PlatformStream<cudaStream_t>>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::S32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>());
+                              relevancy_result(dsa_operands(ffi::Ffi::Bind().Ctx<ffi::PlatformStream<cudaStream_t>>())));
 JAX_HETERO_REGISTER("relevancy_dsa", RelevancyDsaCuda);
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(IndexerDsaCuda, indexer_dsa_cuda,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::PlatformStream<cudaStream_t>>()
-                                  .Ctx<ffi::ScratchAllocator>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::S32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::S32>>()
-                                  .Attr<int64_t>("k"));
+                              indexer_results(dsa_operands(ffi::Ffi::Bind().Ctx<ffi::PlatformStream<cudaStream_t>>().Ctx<ffi::ScratchAllocator>())));
 JAX_HETERO_REGISTER("indexer_dsa", IndexerDsaCuda);
 
 }  // namespace jax_hetero

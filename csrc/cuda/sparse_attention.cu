@@ -5,6 +5,7 @@
 // are combined with the log-sum-exp rule.
 #include "common/registry.h"
 #include "cuda/cuda_util.h"
+#include "common/signatures.h"
 
 namespace jax_hetero {
 namespace {
@@ -275,17 +276,7 @@ ffi::Error sparse_attention_cuda(cudaStream_t stream, ffi::ScratchAllocator scra
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(SparseAttentionCuda, sparse_attention_cuda,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::PlatformStream<cudaStream_t>>()
-                                  .Ctx<ffi::ScratchAllocator>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::Buffer<ffi::S32>>()
-                                  .Arg<ffi::Buffer<ffi::S32>>()
-                                  .Ret<ffi::AnyBuffer>()
-                                  .Attr<int64_t>("block_size")
-                                  .Attr<float>("scale"));
+                              sparse_attention_signature(ffi::Ffi::Bind().Ctx<ffi::PlatformStream<cudaStream_t>>().Ctx<ffi::ScratchAllocator>()));
 JAX_HETERO_REGISTER("sparse_attention", SparseAttentionCuda);
 
 }  // namespace jax_hetero

@@ -6,6 +6,7 @@
 
 #include "common/registry.h"
 #include "cuda/select.cuh"
+#include "common/signatures.h"
 
 namespace jax_hetero {
 namespace {
@@ -174,14 +175,7 @@ ffi::Error topk_cuda(cudaStream_t stream, ffi::ScratchAllocator scratch, ffi::An
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(TopkCuda, topk_cuda,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::PlatformStream<cudaStream_t>>()
-                                  .Ctx<ffi::ScratchAllocator>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::Buffer<ffi::S32>>()
-                                  .Ret<ffi::AnyBuffer>()
-                                  .Ret<ffi::Buffer<ffi::S32>>()
-                                  .Attr<int64_t>("k"));
+                              topk_signature(ffi::Ffi::Bind().Ctx<ffi::PlatformStream<cudaStream_t>>().Ctx<ffi::ScratchAllocator>()));
 JAX_HETERO_REGISTER("topk", TopkCuda);
 
 }  // namespace jax_hetero

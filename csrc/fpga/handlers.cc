@@ -10,6 +10,7 @@
 #include "common/registry.h"
 #include "fpga/bridge.h"
 #include "fpga/gpu_copy.h"
+#include "common/signatures.h"
 
 namespace jax_hetero {
 namespace {
@@ -234,46 +235,19 @@ ffi::Error gather_fpga(ffi::Context ctx, ffi::AnyBuffer table, ffi::Buffer<ffi::
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(IndexerDotFpga, indexer_dot,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::Context>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::Buffer<ffi::S32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::S32>>()
-                                  .Attr<int64_t>("k"));
+                              indexer_results(dot_operands(ffi::Ffi::Bind().Ctx<ffi::Context>())));
 JAX_HETERO_REGISTER("indexer_dot", IndexerDotFpga);
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(IndexerQuestFpga, indexer_quest,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::Context>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::Buffer<ffi::S32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::S32>>()
-                                  .Attr<int64_t>("k"));
+                              indexer_results(quest_operands(ffi::Ffi::Bind().Ctx<ffi::Context>())));
 JAX_HETERO_REGISTER("indexer_quest", IndexerQuestFpga);
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(IndexerDsaFpga, indexer_dsa,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::Context>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::S32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::S32>>()
-                                  .Attr<int64_t>("k"));
+                              indexer_results(dsa_operands(ffi::Ffi::Bind().Ctx<ffi::Context>())));
 JAX_HETERO_REGISTER("indexer_dsa", IndexerDsaFpga);
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(GatherFpga, gather_fpga,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::Context>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::Buffer<ffi::S32>>()
-                                  .Ret<ffi::AnyBuffer>());
+                              gather_signature(ffi::Ffi::Bind().Ctx<ffi::Context>()));
 JAX_HETERO_REGISTER("gather", GatherFpga);
 
 }  // namespace jax_hetero
