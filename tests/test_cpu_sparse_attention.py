@@ -1,7 +1,8 @@
 """The CPU sparse_attention handler against the jnp reference (backend="xla") on fresh random
 inputs: dtypes, GQA ratios, block sizes, duplicate and -1 block indices, lengths (0, partial
 blocks, beyond n), rows with no token, the threaded split of long selections, jit, vmap,
-vmap of vmap, gradients, and the run-time error for a block index out of range."""
+vmap of vmap, gradients (the sparse_attention_bwd handler), and the run-time error for a block
+index out of range."""
 from functools import lru_cache
 
 import jax
@@ -142,7 +143,7 @@ def test_grad(rng):
     fn = jax.jit(lambda q, k, v: jh.sparse_attention(q, k, v, indices, block_size=4, lengths=lengths,
                                                      backend="cpu"))
     check_grads(fn, (q, k, v), order=1, modes=["rev"], atol=2e-2, rtol=2e-2, eps=1e-2)
-    # The gradient flows through the handler's forward and the reference's backward.
+    # The gradient flows through the handler's forward and backward.
     ref = jax.jit(lambda q, k, v: jh.sparse_attention(q, k, v, indices, block_size=4, lengths=lengths,
                                                       backend="xla"))
     loss = lambda f: lambda *a: jnp.sum(jnp.sin(f(*a)))
@@ -150,6 +151,81 @@ def test_grad(rng):
     ref_grads = jax.grad(loss(ref), argnums=(0, 1, 2))(q, k, v)
     for g, r in zip(grads, ref_grads):
         np.testing.assert_allclose(np.asarray(g), np.asarray(r), rtol=1e-4, atol=1e-5)
+
+
+GRAD_TOL = {jnp.float32: 1e-4, jnp.bfloat16: 5e-2, jnp.float16: 5e-3}
+
+
+@lru_cache(maxsize=None)
+def attention_grad(backend, block_size):
+    """The gradients of sum(out * ct) with respect to q, k and v."""
+    def loss(q, k, v, i, l, ct):
+        out = jh.sparse_attention(q, k, v, i, block_size=block_size, lengths=l, backend=backend)
+        return jnp.sum(out.astype(jnp.float32) * ct)
+    return jax.jit(jax.grad(loss, argnums=(0, 1, 2)))
+
+
+def check_grad(inputs, block_size, dtype):
+    ct = jnp.asarray(np.random.default_rng(1).standard_normal(inputs[0].shape), jnp.float32)
+    grads = attention_grad("cpu", block_size)(*inputs, ct)
+    ref = attention_grad("xla", block_size)(*inputs, ct)
+    for g, r in zip(grads, ref):
+        assert g.dtype == r.dtype == jnp.dtype(dtype)
+        np.testing.assert_allclose(np.asarray(g, np.float32), np.asarray(r, np.float32),
+                                   rtol=GRAD_TOL[dtype], atol=GRAD_TOL[dtype])
+    return grads
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda t: jnp.dtype(t).name)
+@pytest.mark.parametrize("hq,hkv,block_size", [(2, 2, 8), (8, 2, 5), (4, 1, 1)])
+def test_grad_matches_reference(rng, dtype, hq, hkv, block_size):
+    """GQA ratios 1 and 4, block_size 1; -1 slots, duplicates, a length of 0 and lengths
+    that cut blocks."""
+    n = 45
+    q, k, v, indices, _ = make_inputs(rng, 3, hq, hkv, 16, n, block_size, 6, dtype)
+    indices = indices.at[:, :, 1].set(indices[:, :, 0])  # a duplicate in every row
+    lengths = jnp.asarray([0, 23, n], jnp.int32)
+    check_grad((q, k, v, indices, lengths), block_size, dtype)
+
+
+def test_grad_of_unselected_tokens_and_empty_rows_is_zero(rng):
+    q, k, v, _, _ = make_inputs(rng, 3, 4, 2, 8, 32, 4, 2)
+    indices = jnp.asarray([[[1, 1], [-1, 6]], [[-1, -1], [-1, -1]], [[7, 2], [0, -1]]], jnp.int32)
+    lengths = jnp.asarray([32, 32, 30], jnp.int32)  # batch 2: block 7 holds tokens 28, 29
+    dq, dk, dv = check_grad((q, k, v, indices, lengths), 4, jnp.float32)
+    selected = np.zeros((3, 32, 2), bool)
+    selected[0, 4:8, 0] = selected[0, 24:28, 1] = True
+    selected[2, 28:30, 0] = selected[2, 8:12, 0] = selected[2, 0:4, 1] = True
+    for g in (dk, dv):
+        np.testing.assert_array_equal(np.asarray(g)[~selected], 0)
+        assert np.all(np.any(np.asarray(g)[selected] != 0, axis=-1))
+    np.testing.assert_array_equal(np.asarray(dq[1]), 0)
+
+
+def test_check_grads_gqa(rng):
+    q, k, v, indices, lengths = make_inputs(rng, 2, 8, 2, 8, 20, 2, 5, lengths=[20, 7])
+    fn = jax.jit(lambda q, k, v: jh.sparse_attention(q, k, v, indices, block_size=2, lengths=lengths,
+                                                     backend="cpu"))
+    check_grads(fn, (q, k, v), order=1, modes=["rev"], atol=2e-2, rtol=2e-2, eps=1e-2)
+
+
+def test_vmap_of_grad(rng):
+    stacked = [make_inputs(rng, 2, 4, 2, 8, 24, 4, 4) for _ in range(3)]
+    q, k, v, i, l = (jnp.stack(x) for x in zip(*stacked))
+    ct = jnp.asarray(rng.standard_normal(q.shape[1:]), jnp.float32)
+    grad = lambda backend: jax.jit(jax.vmap(lambda *a: attention_grad(backend, 4)(*a, ct)))
+    for g, r in zip(grad("cpu")(q, k, v, i, l), grad("xla")(q, k, v, i, l)):
+        np.testing.assert_allclose(np.asarray(g), np.asarray(r), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "auto"])
+def test_grad_uses_the_backward_handler(rng, backend):
+    q, k, v, indices, lengths = make_inputs(rng, 1, 2, 1, 8, 8, 4, 2)
+    loss = lambda backend: lambda q: jnp.sum(jh.sparse_attention(q, k, v, indices, block_size=4,
+                                                                 lengths=lengths, backend=backend))
+    grad = jax.jit(jax.grad(loss(backend)))
+    assert "jax_hetero_sparse_attention_bwd_cpu" in grad.lower(q).as_text()
+    np.testing.assert_allclose(np.asarray(grad(q)), np.asarray(jax.grad(loss("xla"))(q)), rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("bad", [4, 100, -2])

@@ -20,6 +20,14 @@
 
 namespace jax_hetero {
 
+// Handlers build their kernels twice: for x86-64-v3 (AVX2 and FMA), chosen when the module
+// loads on a CPU that has it, and for the baseline target of the build.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define JAX_HETERO_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define JAX_HETERO_CLONES
+#endif
+
 // Kernel helpers are forced inline so that a caller compiled for a wider instruction set
 // (see the handler's target clones) gets them in that instruction set too.
 #if defined(__GNUC__)
@@ -79,6 +87,26 @@ JAX_HETERO_KERNEL const float* row_as_float(const float16_bits* row, float* scra
 struct TokenRange {
   int64_t begin, end;
 };
+
+// The token ranges of one (batch, KV head): its selected blocks in slot order, each once
+// (-1 slots skipped), clipped to tokens < limit.  Indices must be in range.  `seen` holds
+// one bit per block, all clear, and is left clear.
+inline void select_token_ranges(const int32_t* slots, int64_t kb, int64_t block_size, int64_t limit,
+                                std::vector<uint64_t>& seen, std::vector<TokenRange>& ranges) {
+  ranges.clear();
+  for (int64_t s = 0; s < kb; ++s) {
+    const int64_t block = slots[s];
+    if (block < 0) continue;
+    uint64_t& word = seen[block >> 6];
+    const uint64_t bit = uint64_t(1) << (block & 63);
+    if (word & bit) continue;
+    word |= bit;
+    const int64_t begin = block * block_size, end = std::min(begin + block_size, limit);
+    if (begin < end) ranges.push_back({begin, end});
+  }
+  for (int64_t s = 0; s < kb; ++s)  // clear only the bits set above
+    if (slots[s] >= 0) seen[slots[s] >> 6] = 0;
+}
 
 // Streaming softmax state of a group of query heads: per head the running maximum logit,
 // the sum of exp(logit - max) and the weighted sum of value rows (not yet divided).
@@ -160,6 +188,23 @@ JAX_HETERO_KERNEL void tile_accumulate(const float* weights, const float* const*
       for (int64_t t = 0; t < tile; ++t) acc[j * d + i] += weights[j * kAttentionTile + t] * v_rows[t][i];
 }
 
+// tile_logits and tile_accumulate for any number of heads, in blocks of 4, 2 and 1.
+// logits, weights: [heads][kAttentionTile]; q, acc: [heads][d].
+JAX_HETERO_KERNEL void heads_logits(const float* q, int64_t heads, int64_t d, const float* const* k_rows,
+                                    int64_t tile, float* logits) {
+  int64_t j = 0;
+  for (; j + 4 <= heads; j += 4) tile_logits<4>(q + j * d, d, k_rows, tile, logits + j * kAttentionTile);
+  for (; j + 2 <= heads; j += 2) tile_logits<2>(q + j * d, d, k_rows, tile, logits + j * kAttentionTile);
+  for (; j < heads; ++j) tile_logits<1>(q + j * d, d, k_rows, tile, logits + j * kAttentionTile);
+}
+JAX_HETERO_KERNEL void heads_accumulate(const float* weights, const float* const* v_rows, int64_t tile,
+                                        int64_t heads, int64_t d, float* acc) {
+  int64_t j = 0;
+  for (; j + 4 <= heads; j += 4) tile_accumulate<4>(weights + j * kAttentionTile, v_rows, tile, d, acc + j * d);
+  for (; j + 2 <= heads; j += 2) tile_accumulate<2>(weights + j * kAttentionTile, v_rows, tile, d, acc + j * d);
+  for (; j < heads; ++j) tile_accumulate<1>(weights + j * kAttentionTile, v_rows, tile, d, acc + j * d);
+}
+
 // Software prefetch of the K and V rows of tokens [begin, end): rows are a KV-head stride
 // apart (often a page), which hardware prefetchers do not follow.
 template <class T>
@@ -204,12 +249,8 @@ JAX_HETERO_KERNEL void attend_ranges(const float* q, const T* k, const T* v, int
                       std::min(ranges[r + 1].end, ranges[r + 1].begin + kTile), d);
       for (int64_t t = 0; t < tile; ++t)
         k_ptr[t] = row_as_float(k + (t0 + t) * token_stride, k_rows + t * d, d);
-      // Heads in blocks of 4, 2 and 1.
-      int64_t j = 0;
-      for (; j + 4 <= heads; j += 4) tile_logits<4>(q + j * d, d, k_ptr, tile, probs + j * kTile);
-      for (; j + 2 <= heads; j += 2) tile_logits<2>(q + j * d, d, k_ptr, tile, probs + j * kTile);
-      for (; j < heads; ++j) tile_logits<1>(q + j * d, d, k_ptr, tile, probs + j * kTile);
-      for (j = 0; j < heads; ++j) {
+      heads_logits(q, heads, d, k_ptr, tile, probs);
+      for (int64_t j = 0; j < heads; ++j) {
         float* p = probs + j * kTile;
         float tile_max = p[0];
         for (int64_t t = 1; t < tile; ++t) tile_max = std::max(tile_max, p[t]);
@@ -229,10 +270,7 @@ JAX_HETERO_KERNEL void attend_ranges(const float* q, const T* k, const T* v, int
       }
       for (int64_t t = 0; t < tile; ++t)
         v_ptr[t] = row_as_float(v + (t0 + t) * token_stride, v_rows + t * d, d);
-      float* acc = state.acc.data();
-      for (j = 0; j + 4 <= heads; j += 4) tile_accumulate<4>(probs + j * kTile, v_ptr, tile, d, acc + j * d);
-      for (; j + 2 <= heads; j += 2) tile_accumulate<2>(probs + j * kTile, v_ptr, tile, d, acc + j * d);
-      for (; j < heads; ++j) tile_accumulate<1>(probs + j * kTile, v_ptr, tile, d, acc + j * d);
+      heads_accumulate(probs, v_ptr, tile, heads, d, state.acc.data());
     }
   }
 }

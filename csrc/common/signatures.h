@@ -60,4 +60,13 @@ template <class B> auto sparse_attention_signature(B b) {
       .template Ret<ffi::AnyBuffer>().template Attr<int64_t>("block_size").template Attr<float>("scale");
 }
 
+// q [..., hq, d], k, v [..., n, hkv, d], block_indices [..., hkv, kb], lengths [...],
+// g (cotangent of the output) [..., hq, d] -> dq [..., hq, d], dk, dv [..., n, hkv, d]
+template <class B> auto sparse_attention_bwd_signature(B b) {
+  return std::move(b).template Arg<ffi::AnyBuffer>().template Arg<ffi::AnyBuffer>().template Arg<ffi::AnyBuffer>()
+      .template Arg<ffi::Buffer<ffi::S32>>().template Arg<ffi::Buffer<ffi::S32>>().template Arg<ffi::AnyBuffer>()
+      .template Ret<ffi::AnyBuffer>().template Ret<ffi::AnyBuffer>().template Ret<ffi::AnyBuffer>()
+      .template Attr<int64_t>("block_size").template Attr<float>("scale");
+}
+
 }  // namespace jax_hetero

@@ -7,9 +7,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .. import backends
 from . import _checks, _dispatch, _validate
 
 OP = "sparse_attention"
+BWD = f"{OP}_bwd"  # the FFI target of the backward pass
 _F32 = jnp.float32
 
 
@@ -73,11 +75,25 @@ def _fwd(q, k, v, block_indices, lengths, block_size, scale, backend):
     return out, (q, k, v, block_indices, lengths)
 
 
-def _bwd(block_size, scale, backend, residuals, g):
-    q, k, v, block_indices, lengths = residuals
+def _reference_vjp(q, k, v, block_indices, lengths, g, *, block_size, scale):
     _, vjp = jax.vjp(lambda q, k, v: sparse_attention_reference(q, k, v, block_indices, lengths,
                                                                 block_size, scale), q, k, v)
-    return (*vjp(g), None, None)
+    return vjp(g)
+
+
+def _bwd(block_size, scale, backend, residuals, g):
+    q, k, v, _, _ = residuals
+    reference = partial(_reference_vjp, block_size=block_size, scale=scale)
+    # Backends without a compiled backward (the forward's backend was validated) use the
+    # reference VJP.
+    resolved = backends.resolve(OP, backend)
+    if resolved not in ("auto", "xla") and not backends.has(BWD, resolved):
+        resolved = "xla"
+    outs = (jax.ShapeDtypeStruct(q.shape, q.dtype),) + (jax.ShapeDtypeStruct(k.shape, k.dtype),) * 2
+    compiled = lambda name: _dispatch.ffi(BWD, name, outs, block_size=np.int64(block_size),
+                                          scale=np.float32(scale))
+    grads = _dispatch.run(OP, resolved, reference, compiled, *residuals, g, target=BWD)
+    return (*grads, None, None)
 
 
 _sparse_attention.defvjp(_fwd, _bwd)
