@@ -31,6 +31,15 @@ def compiled_backends():
 
 COMPILED = compiled_backends()
 
+# For tests that start a child Python: it must import this very jax_hetero (the installed
+# package in CI, the working copy in development), never a source tree it happens to sit in.
+PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(jh.__file__)))
+
+
+def child_env(**extra):
+    """Environment of a child Python run with cwd outside the repository."""
+    return {**os.environ, "PYTHONPATH": PACKAGE_PARENT, **extra}
+
 
 @pytest.fixture(params=COMPILED or [pytest.param("none", marks=pytest.mark.skip("no compiled backend"))])
 def backend(request):

@@ -16,7 +16,7 @@ from hypothesis import given, settings, strategies as st
 import jax_hetero as jh
 from jax_hetero import backends
 from jax_hetero._compat import RUNTIME_ERRORS, JaxRuntimeError
-from conftest import random_array
+from conftest import child_env, random_array
 
 pytestmark = pytest.mark.skipif(backends.module("cpu") is None, reason="no CPU backend")
 
@@ -373,8 +373,8 @@ def test_other_isa_variants_agree(isa):
         np.save(sys.argv[1], isa_case("cpu"))
     """)
     with tempfile.TemporaryDirectory() as out:
-        env = dict(os.environ, JAX_HETERO_CPU_ISA=isa, PYTHONPATH=os.pathsep.join(sys.path))
-        subprocess.run([sys.executable, "-c", child, f"{out}/cpu.npy"], check=True, env=env)
+        subprocess.run([sys.executable, "-c", child, f"{out}/cpu.npy"], check=True,
+                       env=child_env(JAX_HETERO_CPU_ISA=isa), cwd=out)
         got = np.load(f"{out}/cpu.npy")
     ref = isa_case("xla")
     finite = np.isfinite(ref)

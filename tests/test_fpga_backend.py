@@ -6,7 +6,6 @@ import subprocess
 import sys
 import textwrap
 import threading
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -22,9 +21,7 @@ if backends.module("fpga") is None:
 
 from jax_hetero import fpga  # noqa: E402
 
-from conftest import assert_topk_equivalent  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import assert_topk_equivalent, child_env  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -142,6 +139,7 @@ def test_delta_transfers_send_only_appended_rows(rng):
 
 def test_stale_memory_is_detected_and_resent(rng):
     q, keys, weights = indexer_inputs(rng, "dsa", jnp.float32, n=512)
+    weights = jnp.abs(weights)  # so that the rewritten row's large logits win
     lengths = jnp.array([400, 300], jnp.int32)
     f, ref = indexer_fn("dsa", 8, "fpga"), indexer_fn("dsa", 8, "xla")
     f(q, keys, weights, lengths)
@@ -264,8 +262,8 @@ def _run_xrt(tmp_path, **env):
     if lib is None:
         pytest.skip("libxrt_core.so.2 not found")
     (tmp_path / "lib").symlink_to(lib)
-    full = {k: v for k, v in os.environ.items() if k not in ("XCL_EMULATION_MODE",)}
-    full.update(XILINX_XRT=str(tmp_path), JAX_HETERO_FPGA_DEVICE="xrt:0", PYTHONPATH=str(ROOT), **env)
+    full = {k: v for k, v in child_env().items() if k not in ("XCL_EMULATION_MODE",)}
+    full.update(XILINX_XRT=str(tmp_path), JAX_HETERO_FPGA_DEVICE="xrt:0", **env)
     out = subprocess.run([sys.executable, "-c", XRT_SCRIPT], capture_output=True, text=True, env=full,
                          cwd=tmp_path, timeout=120)
     assert out.returncode == 0, out.stderr[-3000:]
