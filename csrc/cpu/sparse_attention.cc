@@ -18,14 +18,6 @@ constexpr const char* kOp = "sparse_attention";
 // A part smaller than this costs more in scheduling and merging than it saves.
 constexpr int64_t kMinTokensPerPart = 512;
 
-// The kernel is built twice: for x86-64-v3 (AVX2 and FMA), chosen when the module loads on
-// a CPU that has it, and for the baseline target of the build.
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define JAX_HETERO_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
-#else
-#define JAX_HETERO_CLONES
-#endif
-
 JAX_HETERO_CLONES void attend(const float* q, const float* k, const float* v, int64_t token_stride,
                               const TokenRange* ranges, int64_t num_ranges, SoftmaxState& state) {
   attend_ranges(q, k, v, token_stride, ranges, num_ranges, state);
@@ -44,25 +36,6 @@ JAX_HETERO_CLONES void attend(const float* q, const float16_bits* k, const float
 struct Shapes {
   int64_t batch, hq, hkv, d, n, kb, block_size;
 };
-
-// The token ranges of one (batch, KV head): selected blocks in slot order, each once,
-// clipped to the valid length.  Indices were range-checked before.
-void selected_ranges(const int32_t* slots, int64_t kb, int64_t block_size, int64_t limit,
-                     std::vector<uint64_t>& seen, std::vector<TokenRange>& ranges) {
-  ranges.clear();
-  for (int64_t s = 0; s < kb; ++s) {
-    const int64_t block = slots[s];
-    if (block < 0) continue;
-    uint64_t& word = seen[block >> 6];
-    const uint64_t bit = uint64_t(1) << (block & 63);
-    if (word & bit) continue;
-    word |= bit;
-    const int64_t begin = block * block_size, end = std::min(begin + block_size, limit);
-    if (begin < end) ranges.push_back({begin, end});
-  }
-  for (int64_t s = 0; s < kb; ++s)  // clear only the bits set above
-    if (slots[s] >= 0) seen[slots[s] >> 6] = 0;
-}
 
 // The ranges covering tokens [lo, hi) of the concatenation of `ranges`.
 void part_of(const std::vector<TokenRange>& ranges, int64_t lo, int64_t hi,
@@ -90,7 +63,7 @@ void attention(const T* q, const T* k, const T* v, const int32_t* block_indices,
     if (int64_t(seen.size()) < (nb + 63) / 64) seen.assign((nb + 63) / 64, 0);
     const int64_t b = pair / s.hkv;
     const int64_t limit = std::clamp<int64_t>(lengths[b], 0, s.n);
-    selected_ranges(block_indices + pair * s.kb, s.kb, s.block_size, limit, seen, ranges[pair]);
+    select_token_ranges(block_indices + pair * s.kb, s.kb, s.block_size, limit, seen, ranges[pair]);
     for (const TokenRange& r : ranges[pair]) tokens[pair] += r.end - r.begin;
   });
   const int64_t threads = ThreadPool::instance().num_threads();
