@@ -10,6 +10,7 @@
 #include "common/parallel.h"
 #include "common/registry.h"
 #include "common/signatures.h"
+#include "cpu/attention_args.h"
 
 namespace jax_hetero {
 namespace {
@@ -33,10 +34,6 @@ JAX_HETERO_CLONES void attend(const float* q, const float16_bits* k, const float
   attend_ranges(q, k, v, token_stride, ranges, num_ranges, state);
 }
 
-struct Shapes {
-  int64_t batch, hq, hkv, d, n, kb, block_size;
-};
-
 // The ranges covering tokens [lo, hi) of the concatenation of `ranges`.
 void part_of(const std::vector<TokenRange>& ranges, int64_t lo, int64_t hi,
              std::vector<TokenRange>& out) {
@@ -53,7 +50,7 @@ void part_of(const std::vector<TokenRange>& ranges, int64_t lo, int64_t hi,
 
 template <class T>
 void attention(const T* q, const T* k, const T* v, const int32_t* block_indices,
-               const int32_t* lengths, const Shapes& s, float scale, T* out) {
+               const int32_t* lengths, const AttentionShapes& s, float scale, T* out) {
   const int64_t pairs = s.batch * s.hkv, group = s.hq / s.hkv, nb = (s.n + s.block_size - 1) / s.block_size;
   // Token ranges of every pair first: their sizes decide how to split the work.
   std::vector<std::vector<TokenRange>> ranges(pairs);
@@ -95,49 +92,15 @@ void attention(const T* q, const T* k, const T* v, const int32_t* block_indices,
   });
 }
 
-template <class Buf>
-bool has_rank_at_least(const Buf& buf, size_t rank) {
-  return buf.dimensions().size() >= rank;
-}
-
 ffi::Error sparse_attention_cpu(ffi::AnyBuffer q, ffi::AnyBuffer k, ffi::AnyBuffer v,
                                 ffi::Buffer<ffi::S32> block_indices, ffi::Buffer<ffi::S32> lengths,
                                 ffi::Result<ffi::AnyBuffer> out, int64_t block_size, float scale) {
-  if (!has_rank_at_least(q, 2) || !has_rank_at_least(k, 3) || !has_rank_at_least(v, 3) ||
-      !has_rank_at_least(block_indices, 2))
-    return op_error(kOp, "expected q [..., hq, d], k/v [..., n, hkv, d] and block_indices "
-                         "[..., hkv, kb]");
-  Shapes s;
-  s.hq = dim_from_end(q, 1);
-  s.d = dim_from_end(q, 0);
-  s.n = dim_from_end(k, 2);
-  s.hkv = dim_from_end(k, 1);
-  s.kb = dim_from_end(block_indices, 0);
-  s.block_size = block_size;
-  s.batch = leading_size(q, 2);
-  if (block_size < 1) return op_error(kOp, "block_size=", block_size, " must be >= 1");
-  if (dim_from_end(k, 0) != s.d || leading_size(k, 3) != s.batch)
-    return op_error(kOp, "k must be [..., n, hkv, d] with q's batch and head dim d=", s.d);
-  if (v.dimensions().size() != k.dimensions().size() || v.element_count() != k.element_count() ||
-      dim_from_end(v, 0) != s.d || dim_from_end(v, 1) != s.hkv || dim_from_end(v, 2) != s.n)
-    return op_error(kOp, "v must have the shape of k");
-  if (s.hkv < 1 || s.hq % s.hkv != 0)
-    return op_error(kOp, "query heads hq=", s.hq, " must be a multiple of the KV heads hkv=", s.hkv);
-  if (dim_from_end(block_indices, 1) != s.hkv || leading_size(block_indices, 2) != s.batch)
-    return op_error(kOp, "block_indices must be [..., hkv, kb] with hkv=", s.hkv);
-  if (lengths.element_count() != size_t(s.batch))
-    return op_error(kOp, "lengths has ", lengths.element_count(), " entries, expected ", s.batch);
-  if (k.element_type() != q.element_type() || v.element_type() != q.element_type() ||
-      out->element_type() != q.element_type())
-    return op_error(kOp, "q, k, v and the output must share a dtype, got ", dtype_name(q.element_type()),
-                    ", ", dtype_name(k.element_type()), ", ", dtype_name(v.element_type()));
-  const int64_t nb = (s.n + block_size - 1) / block_size;
+  AttentionShapes s;
+  if (ffi::Error err = read_attention_args(kOp, q, k, v, block_indices, lengths, block_size, s); err.failure())
+    return err;
+  if (out->element_type() != q.element_type() || !same_shape(*out, q))
+    return op_error(kOp, "the output must have q's shape and dtype");
   const int32_t* indices = block_indices.typed_data();
-  const int64_t slots = int64_t(block_indices.element_count());
-  for (int64_t i = 0; i < slots; ++i)
-    if (indices[i] < -1 || indices[i] >= nb)
-      return data_error(kOp, "block_indices contains ", indices[i], ", outside [0, ", nb, ") (k has ",
-                      nb, " blocks of ", block_size, " tokens); use -1 for an unused slot");
   if (s.batch == 0 || s.hq == 0 || s.d == 0) return ffi::Error::Success();
   return dispatch_float(kOp, "q", q.element_type(), [&](auto tag) {
     using T = decltype(tag);

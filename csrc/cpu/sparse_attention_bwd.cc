@@ -12,6 +12,7 @@
 #include "common/parallel.h"
 #include "common/registry.h"
 #include "common/signatures.h"
+#include "cpu/attention_args.h"
 
 namespace jax_hetero {
 namespace {
@@ -128,13 +129,9 @@ JAX_HETERO_CLONES void gradients(const float16_bits* q, const float16_bits* g, c
   pair_gradients(q, g, k, v, token_stride, ranges, heads, d, scale, dq, dk, dv);
 }
 
-struct Shapes {
-  int64_t batch, hq, hkv, d, n, kb, block_size;
-};
-
 template <class T>
 void backward(const T* q, const T* k, const T* v, const int32_t* block_indices, const int32_t* lengths,
-              const T* g, const Shapes& s, float scale, T* dq, T* dk, T* dv) {
+              const T* g, const AttentionShapes& s, float scale, T* dq, T* dk, T* dv) {
   const int64_t group = s.hq / s.hkv, nb = (s.n + s.block_size - 1) / s.block_size;
   const int64_t token_stride = s.hkv * s.d;
   parallel_for(s.batch * s.hkv, [&](int64_t pair) {
@@ -160,48 +157,15 @@ ffi::Error sparse_attention_bwd_cpu(ffi::AnyBuffer q, ffi::AnyBuffer k, ffi::Any
                                     ffi::AnyBuffer g, ffi::Result<ffi::AnyBuffer> dq,
                                     ffi::Result<ffi::AnyBuffer> dk, ffi::Result<ffi::AnyBuffer> dv,
                                     int64_t block_size, float scale) {
-  if (q.dimensions().size() < 2 || k.dimensions().size() < 3 || v.dimensions().size() < 3 ||
-      block_indices.dimensions().size() < 2)
-    return op_error(kOp, "expected q [..., hq, d], k/v [..., n, hkv, d] and block_indices "
-                         "[..., hkv, kb]");
-  Shapes s;
-  s.hq = dim_from_end(q, 1);
-  s.d = dim_from_end(q, 0);
-  s.n = dim_from_end(k, 2);
-  s.hkv = dim_from_end(k, 1);
-  s.kb = dim_from_end(block_indices, 0);
-  s.block_size = block_size;
-  s.batch = leading_size(q, 2);
-  if (block_size < 1) return op_error(kOp, "block_size=", block_size, " must be >= 1");
-  if (dim_from_end(k, 0) != s.d || leading_size(k, 3) != s.batch)
-    return op_error(kOp, "k must be [..., n, hkv, d] with q's batch and head dim d=", s.d);
-  const auto same_shape = [](const auto& a, const auto& b) {
-    return std::equal(a.dimensions().begin(), a.dimensions().end(), b.dimensions().begin(),
-                      b.dimensions().end());
-  };
-  if (!same_shape(v, k)) return op_error(kOp, "v must have the shape of k");
-  if (!same_shape(g, q)) return op_error(kOp, "g must have the shape of q");
-  if (!same_shape(*dq, q) || !same_shape(*dk, k) || !same_shape(*dv, k))
-    return op_error(kOp, "dq must have the shape of q, dk and dv that of k");
-  if (s.hkv < 1 || s.hq % s.hkv != 0)
-    return op_error(kOp, "query heads hq=", s.hq, " must be a multiple of the KV heads hkv=", s.hkv);
-  if (dim_from_end(block_indices, 1) != s.hkv || leading_size(block_indices, 2) != s.batch)
-    return op_error(kOp, "block_indices must be [..., hkv, kb] with hkv=", s.hkv);
-  if (lengths.element_count() != size_t(s.batch))
-    return op_error(kOp, "lengths has ", lengths.element_count(), " entries, expected ", s.batch);
+  AttentionShapes s;
+  if (ffi::Error err = read_attention_args(kOp, q, k, v, block_indices, lengths, block_size, s); err.failure())
+    return err;
   const ffi::DataType type = q.element_type();
-  if (k.element_type() != type || v.element_type() != type || g.element_type() != type ||
-      dq->element_type() != type || dk->element_type() != type || dv->element_type() != type)
-    return op_error(kOp, "q, k, v, g and the gradients must share a dtype, got ", dtype_name(type), ", ",
-                    dtype_name(k.element_type()), ", ", dtype_name(v.element_type()), ", ",
-                    dtype_name(g.element_type()));
-  const int64_t nb = (s.n + block_size - 1) / block_size;
+  if (!same_shape(g, q) || g.element_type() != type) return op_error(kOp, "g must have q's shape and dtype");
+  if (!same_shape(*dq, q) || !same_shape(*dk, k) || !same_shape(*dv, k) || dq->element_type() != type ||
+      dk->element_type() != type || dv->element_type() != type)
+    return op_error(kOp, "dq must have the shape and dtype of q, dk and dv those of k");
   const int32_t* indices = block_indices.typed_data();
-  const int64_t slots = int64_t(block_indices.element_count());
-  for (int64_t i = 0; i < slots; ++i)
-    if (indices[i] < -1 || indices[i] >= nb)
-      return data_error(kOp, "block_indices contains ", indices[i], ", outside [0, ", nb, ") (k has ",
-                        nb, " blocks of ", block_size, " tokens); use -1 for an unused slot");
   if (s.batch == 0 || s.d == 0) return ffi::Error::Success();
   return dispatch_float(kOp, "q", type, [&](auto tag) {
     using T = decltype(tag);
