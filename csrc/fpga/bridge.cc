@@ -96,6 +96,14 @@ Device& Bridge::device_locked() {
   return *device_;
 }
 
+Device& Bridge::device_for(const char* op) {
+  try {
+    return device_locked();
+  } catch (const DeviceError& e) {
+    throw op_error(op, e.code(), e.what());
+  }
+}
+
 DeviceInfo Bridge::device_info() {
   std::lock_guard<std::mutex> lock(mutex_);
   return device_locked().info();
@@ -137,12 +145,7 @@ void Bridge::indexer(const IndexerRequest& r) {
   check_indexer(r);
   const auto start = std::chrono::steady_clock::now();
   std::lock_guard<std::mutex> lock(mutex_);
-  Device* device;
-  try {
-    device = &device_locked();
-  } catch (const DeviceError& e) {
-    throw op_error("indexer", e.code(), e.what());
-  }
+  Device* device = &device_for("indexer");
   const TransferCounters before = device->counters();
   const bool dsa = r.kind == IndexerKind::kDsa;
   const int64_t segments = dsa ? 1 : r.kv_heads;
@@ -218,12 +221,7 @@ void Bridge::indexer(const IndexerRequest& r) {
 void Bridge::gather(const GatherRequest& r) {
   const auto start = std::chrono::steady_clock::now();
   std::lock_guard<std::mutex> lock(mutex_);
-  Device* device;
-  try {
-    device = &device_locked();
-  } catch (const DeviceError& e) {
-    throw op_error("gather", e.code(), e.what());
-  }
+  Device* device = &device_for("gather");
   const TransferCounters before = device->counters();
   Layout layout;
   layout.role = BufferRole::kGatherTable;

@@ -83,6 +83,7 @@ class Bridge {
 
  private:
   Device& device_locked();
+  Device& device_for(const char* op);  // device_locked(), its errors naming `op`
   void record(CallRecord rec, const TransferCounters& before);
 
   std::mutex mutex_;
