@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One device call: build and install with the CUDA backend, run the GPU tests, run the
-# benchmark.  Logs go to $OUT (or ./out); the benchmark's table is printed last.
+# benchmark, and -- when Flax wheels are carried in wheels/ (bench/fetch_device_wheels.sh) --
+# the decode-step profile and the placement reproduction on the GPU.  Logs go to $OUT (or ./out).
 #   bench/gpu_check.sh [pytest args ...]     BENCH_ARGS="--quick" to shorten the benchmark
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -20,3 +21,12 @@ echo "== tests"
 timeout 270 python3 -m pytest "$OLDPWD/tests/test_cuda.py" -q -p no:cacheprovider "$@" 2>&1 | tee "$out/tests.log" | tail -25
 echo "== benchmark"
 python3 "$OLDPWD/bench/gpu_bench.py" ${BENCH_ARGS:-} --json "$out/bench.json" 2>&1 | tee "$out/bench.log" | grep -v "^  "
+if [ -d "$OLDPWD/wheels" ]; then  # carried Flax wheels (bench/fetch_device_wheels.sh)
+  echo "== decode-step profile and placement on the GPU"
+  python3 -m pip install -q --no-index --no-deps "$OLDPWD"/wheels/*.whl >"$out/wheels.log" 2>&1 \
+    || { tail -5 "$out/wheels.log"; echo "WHEELS FAILED"; }
+  JAX_PLATFORMS=cuda timeout 240 python3 -m jax_hetero profile --contexts 8K,32K,128K --reps 5 \
+    --out "$out/profile_gpu" 2>&1 | tail -12
+  JAX_PLATFORMS=cuda,cpu timeout 240 python3 "$OLDPWD/bench/placement_repro.py" \
+    --markdown "$out/placement_repro_gpu.md" --json "$out/placement_repro_gpu.json" 2>&1 | tail -16
+fi
