@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 out=${OUT:-out}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1 JAX_PLATFORMS=cuda XLA_PYTHON_CLIENT_PREALLOCATE=false
-nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv | tee "$out/gpu.txt"
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv
 echo "== build"
 start=$(date +%s)
 if ! JAX_HETERO_CUDA=ON python3 -m pip install -q --no-build-isolation --no-deps . >"$out/build.log" 2>&1; then
@@ -23,10 +23,10 @@ echo "== benchmark"
 python3 "$OLDPWD/bench/gpu_bench.py" ${BENCH_ARGS:-} --json "$out/bench.json" 2>&1 | tee "$out/bench.log" | grep -v "^  "
 if [ -d "$OLDPWD/wheels" ]; then  # carried Flax wheels (bench/fetch_device_wheels.sh)
   echo "== decode-step profile and placement on the GPU"
-  python3 -m pip install -q --no-index --no-deps "$OLDPWD"/wheels/*.whl >"$out/wheels.log" 2>&1 \
-    || { tail -5 "$out/wheels.log"; echo "WHEELS FAILED"; }
+  python3 -m pip install -q --no-index --no-deps "$OLDPWD"/wheels/*.whl >/tmp/wheels.log 2>&1 \
+    || { tail -5 /tmp/wheels.log; echo "WHEELS FAILED"; }
   JAX_PLATFORMS=cuda timeout 240 python3 -m jax_hetero profile --contexts 8K,32K,128K --reps 5 \
     --out "$out/profile_gpu" 2>&1 | tail -12
   JAX_PLATFORMS=cuda,cpu timeout 240 python3 "$OLDPWD/bench/placement_repro.py" \
-    --markdown "$out/placement_repro_gpu.md" --json "$out/placement_repro_gpu.json" 2>&1 | tail -16
+    --markdown "$out/placement_repro_gpu.md" 2>&1 | tail -16  # $OUT returns at most 8 files
 fi
