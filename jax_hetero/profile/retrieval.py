@@ -69,9 +69,7 @@ def profile_rag(context: int, *, backend: str = "auto", k: int = 3, words_per_do
              "retrieve": best_seconds(lambda: retrieve(store, scores), reps),
              "apply": best_seconds(lambda: apply(store, query, selection), reps)}
     rest = best_seconds(lambda: _prefill_tokens(graphdef, state, prompt), reps)
-    steps_ms = {name: t * 1e3 for name, t in steps.items()}
-    return StepProfile("rag", context, backend, device_name(), config.num_layers, steps_ms,
-                       rest * 1e3, sum(steps_ms.values()) + rest * 1e3, float("nan"))
+    return _profile("rag", context, backend, config, steps, rest)
 
 
 def profile_hmt(context: int, *, backend: str = "auto", segment: int = 512, k: int = 4,
@@ -94,6 +92,11 @@ def profile_hmt(context: int, *, backend: str = "auto", segment: int = 512, k: i
              "retrieve": best_seconds(lambda: retrieve(memory, scores), reps),
              "apply": best_seconds(lambda: apply(memory, query, selection), reps)}
     rest = best_seconds(lambda: _prefill_embeddings(graphdef, state, extended), reps)
+    return _profile("hmt", context, backend, config, steps, rest)
+
+
+def _profile(recipe, context, backend, config, steps, rest) -> StepProfile:
+    """A StepProfile from step and rest-of-model seconds (no whole-step measurement)."""
     steps_ms = {name: t * 1e3 for name, t in steps.items()}
-    return StepProfile("hmt", context, backend, device_name(), config.num_layers, steps_ms,
+    return StepProfile(recipe, context, backend, device_name(), config.num_layers, steps_ms,
                        rest * 1e3, sum(steps_ms.values()) + rest * 1e3, float("nan"))
