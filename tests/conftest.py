@@ -64,6 +64,22 @@ def tolerance(dtype):
             np.dtype(np.float16): 2e-3}[np.dtype(dtype)]
 
 
+# Values whose order top-k must get exactly right (NaN of both signs, +-inf, +-0).
+SPECIALS = np.array([np.nan, -np.nan, np.inf, -np.inf, 0.0, -0.0, 1.0, -1.0, 1e-30], np.float32)
+
+
+def topk_edge_rows(n):
+    """Rows of length n that stress the top-k order: ties, sorted runs, signed zeros, specials."""
+    return {
+        "all_equal": np.ones(n, np.float32),
+        "ascending": np.arange(n, dtype=np.float32),
+        "descending": -np.arange(n, dtype=np.float32),
+        "signed_zeros": np.where(np.arange(n) % 2, 0.0, -0.0).astype(np.float32),
+        "nan_and_inf": np.tile(SPECIALS, n // len(SPECIALS) + 1)[:n],
+        "all_neg_inf": np.full(n, -np.inf, np.float32),
+    }
+
+
 def assert_topk_equivalent(values, indices, ref_values, ref_indices, scores_of, rtol):
     """Selection results agree up to near-ties: same values (within rtol), and every
     returned index really has the returned score."""

@@ -11,7 +11,6 @@ from hypothesis import given, settings, strategies as st
 
 import jax_hetero as jh
 from jax_hetero import backends
-from jax_hetero._compat import JaxRuntimeError
 from jax_hetero.ops.gather import gather_reference
 from jax_hetero.ops.sparse_attention import sparse_attention_reference
 
@@ -22,8 +21,9 @@ except RuntimeError:
 if backends.module("cuda") is None:
     pytest.skip("jax_hetero was built without the CUDA backend", allow_module_level=True)
 
+from conftest import SPECIALS, topk_edge_rows  # noqa: E402
+
 DTYPES = [jnp.float32, jnp.bfloat16, jnp.float16]
-SPECIALS = np.array([np.nan, -np.nan, np.inf, -np.inf, 0.0, -0.0, 1.0, -1.0, 1e-30], np.float32)
 
 
 def needs(op):
@@ -93,14 +93,7 @@ def test_topk_random(data):
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: jnp.dtype(d).name)
 def test_topk_edge_cases(dtype):
     n = 3000
-    cases = {
-        "all_equal": np.ones(n, np.float32),
-        "ascending": np.arange(n, dtype=np.float32),
-        "descending": -np.arange(n, dtype=np.float32),
-        "signed_zeros": np.where(np.arange(n) % 2, 0.0, -0.0).astype(np.float32),
-        "nan_and_inf": np.tile(SPECIALS, n // len(SPECIALS) + 1)[:n],
-        "all_neg_inf": np.full(n, -np.inf, np.float32),
-    }
+    cases = topk_edge_rows(n)
     for row in cases.values():
         for k in (1, 7, 2048, n):  # k = n takes the full-sort path
             check_topk(jnp.asarray(row[None]).astype(dtype), k)
@@ -170,7 +163,6 @@ def test_gather_vmap_broadcasts_table():
 
 GATHER_ERROR_SCRIPT = """
 import jax, jax.numpy as jnp, jax_hetero as jh
-from jax_hetero._compat import JaxRuntimeError
 table = jnp.ones((10, 4))
 run = jax.jit(lambda i: jh.gather(table, i, backend="cuda"))
 for bad in ([1, 10], [-2, 0]):

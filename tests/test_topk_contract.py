@@ -7,11 +7,10 @@ import pytest
 from hypothesis import given, strategies as st
 
 import jax_hetero as jh
-from conftest import COMPILED
+from conftest import COMPILED, SPECIALS, topk_edge_rows
 
 BACKENDS = ["xla", *COMPILED]
 DTYPES = [jnp.float32, jnp.bfloat16, jnp.float16]
-SPECIALS = np.array([np.nan, -np.nan, np.inf, -np.inf, 0.0, -0.0, 1.0, -1.0, 1e-30], np.float32)
 
 
 def _expected(scores, k, lengths):
@@ -71,14 +70,7 @@ def test_random_rows(backend, data):
 def test_edge_cases(backend, dtype):
     n = 300
     full = jnp.array([n], jnp.int32)
-    cases = {
-        "all_equal": np.ones(n, np.float32),
-        "ascending": np.arange(n, dtype=np.float32),
-        "descending": -np.arange(n, dtype=np.float32),
-        "signed_zeros": np.where(np.arange(n) % 2, 0.0, -0.0).astype(np.float32),
-        "nan_and_inf": np.tile(SPECIALS, n // len(SPECIALS) + 1)[:n],
-        "all_neg_inf": np.full(n, -np.inf, np.float32),
-    }
+    cases = topk_edge_rows(n)
     for name, row in cases.items():
         for k in (1, 7, n):
             _check(jnp.asarray(row[None]).astype(dtype), k, full, backend)

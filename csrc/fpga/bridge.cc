@@ -77,6 +77,14 @@ std::string status_message(const int32_t* status) {
          std::string(arg >= 1 && arg <= 8 ? what[arg] : what[0]) + ")";
 }
 
+// What the memory mirror did for a call, into the call's record.
+void note_sync(CallRecord& rec, const SyncReport& report) {
+  rec.memory_rows_uploaded = report.rows_uploaded;
+  rec.memory_rows_checked = report.rows_checked;
+  rec.new_memory = report.new_entry;
+  rec.stale_detected = report.stale_detected;
+}
+
 }  // namespace
 
 Bridge& Bridge::instance() {
@@ -206,10 +214,7 @@ void Bridge::indexer(const IndexerRequest& r) {
     launch.indices = r.indices;
     launch.status = status;
     device->run_indexer(launch);
-    rec.memory_rows_uploaded = report.rows_uploaded;
-    rec.memory_rows_checked = report.rows_checked;
-    rec.new_memory = report.new_entry;
-    rec.stale_detected = report.stale_detected;
+    note_sync(rec, report);
   } catch (const DeviceError& e) {
     throw op_error("indexer", e.code(), e.what());
   }
@@ -272,10 +277,7 @@ void Bridge::gather(const GatherRequest& r) {
                     size_t(r.row_bytes));
       }
     }
-    rec.memory_rows_uploaded = report.rows_uploaded;
-    rec.memory_rows_checked = report.rows_checked;
-    rec.new_memory = report.new_entry;
-    rec.stale_detected = report.stale_detected;
+    note_sync(rec, report);
   } catch (const DeviceError& e) {
     throw op_error("gather", e.code(), e.what());
   }
