@@ -19,7 +19,6 @@ import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 import jax_hetero as jh
 from jax_hetero import backends

@@ -1,5 +1,4 @@
 """The Flax decoder: recipes replace dense attention inside a jitted lax.scan decode loop."""
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest

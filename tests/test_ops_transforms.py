@@ -1,5 +1,4 @@
 """Gradients (check_grads) and shard_map over a batch-sharded input for every op."""
-from functools import partial
 
 import jax
 import jax.numpy as jnp

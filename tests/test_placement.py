@@ -1,5 +1,4 @@
 """The placement planner: feasibility, transfer and energy accounting, and that its plan runs."""
-import dataclasses
 
 import jax
 import jax.numpy as jnp

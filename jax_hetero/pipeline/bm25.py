@@ -18,7 +18,6 @@ import dataclasses
 import re
 from collections import Counter
 
-import jax.numpy as jnp
 import numpy as np
 
 from .. import ops

@@ -16,7 +16,6 @@ assembled prompt), ``tokenizer`` (text -> model token ids; default UTF-8 bytes) 
 """
 from __future__ import annotations
 
-import dataclasses
 import zlib
 from pathlib import Path
 from typing import Callable, Sequence
