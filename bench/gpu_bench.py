@@ -86,7 +86,9 @@ def time_torch(fn, inputs, repeats=21):
     torch.cuda.synchronize()
     graph = torch.cuda.CUDAGraph()
     per_replay = 4
-    with torch.cuda.graph(graph, stream=stream):
+    # thread_local: JAX's runtime threads may call CUDA (frees, event queries) while torch
+    # captures; in the default global mode that invalidates the capture and the context.
+    with torch.cuda.graph(graph, stream=stream, capture_error_mode="thread_local"):
         for _ in range(per_replay):
             for x in inputs:
                 fn(x)

@@ -39,9 +39,9 @@ static ffi::Error ok_scratch(cudaStream_t, ffi::ScratchAllocator scratch, ffi::A
                                 ffi::Ffi::Bind().Ctx<ffi::PlatformStream<cudaStream_t>>() \
                                     .Ctx<ffi::ScratchAllocator>()                          \
                                     .Arg<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>())
-PLAIN(ok)
-PLAIN(fail_plain)
-PLAIN(fail_out_of_range)
-PLAIN(fail_after_sync)
-SCRATCH(fail_scratch)
-SCRATCH(ok_scratch)
+PLAIN(ok);
+PLAIN(fail_plain);
+PLAIN(fail_out_of_range);
+PLAIN(fail_after_sync);
+SCRATCH(fail_scratch);
+SCRATCH(ok_scratch);
