@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One device call: build and install with the CUDA backend, then the steps named in STEPS
-# (default: all) -- probe (FFI error paths), tests (tests/test_cuda.py), bench
+# (default: all but suite) -- probe (FFI error paths), tests (tests/test_cuda.py), suite (the
+# whole test suite with JAX_PLATFORMS=cuda, 8 workers), bench
 # (bench/gpu_bench.py), profile (decode-step profile) and placement (planner reproduction with
 # measured GPU steps).  profile/placement need Flax: the device image has it; otherwise carry
 # wheels/ (bench/fetch_device_wheels.sh).  Logs go to $OUT (or ./out; at most 8 files return).
@@ -29,6 +30,10 @@ fi
 if want tests; then
   echo "== tests"
   timeout 300 python3 -m pytest "$repo/tests/test_cuda.py" -q -p no:cacheprovider "$@" 2>&1 | tee "$out/tests.log" | tail -25
+fi
+if want suite; then
+  echo "== whole test suite, JAX_PLATFORMS=cuda"
+  timeout 420 python3 -m pytest "$repo/tests" -q -p no:cacheprovider -n 8 -rfE "$@" 2>&1 | tee "$out/suite.log" | tail -45
 fi
 if want bench; then
   echo "== benchmark"
