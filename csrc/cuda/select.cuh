@@ -25,6 +25,7 @@ constexpr int kDigitBits = 11;
 constexpr int kBins = 1 << kDigitBits;
 constexpr int kSortCap = 2048;  // largest k of the selection path
 constexpr int kMaxLevels = 4;
+constexpr int kRankSortMax = 256;  // final levels with at most this many winners rank them by counting
 
 struct SelectParams {
   int64_t k;
@@ -226,32 +227,74 @@ select_kernel(const Loader loader, const SelectParams p) {
   }
   cluster.sync();  // winners are in place; no CTA touches another's memory after this
   if (!p.final_level || rank != 0) return;
+  // `selected` is uniform over the CTA from here on.
+  const int sel = int(selected);
+  for (int at = sel + tid; at < p.k; at += kSelectThreads) {  // slots without a valid entry
+    const int64_t o = row * p.k + at;
+    if (p.value_bytes == 4) static_cast<uint32_t*>(p.values)[o] = p.neg_inf_bits;
+    else static_cast<uint16_t*>(p.values)[o] = uint16_t(p.neg_inf_bits);
+    p.indices[o] = -1;
+  }
 
-  // Rank 0 sorts the winners by key, descending; stable, so ties stay in index order.
+  if (sel <= kRankSortMax) {
+    // Few winners: each one's output slot is the number of winners ranked above it (larger
+    // key, or equal key at a lower position, i.e. a lower index).  g threads share a winner.
+    int g = 1;
+    while (g < 32 && sel * g * 2 <= kSelectThreads) g *= 2;
+    const int e = tid / g, sub = tid % g;
+    const bool mine = e < sel;
+    const uint32_t key = mine ? sort_keys[e] : 0u;
+    uint32_t above = 0;
+    if (mine) {
+      for (int j = sub; j < sel; j += g) {
+        const uint32_t kj = sort_keys[j];
+        above += (kj > key || (kj == key && j < e)) ? 1u : 0u;
+      }
+    }
+    for (int o = 1; o < g; o <<= 1) above += __shfl_xor_sync(~0u, above, o);  // g lanes of one warp
+    if (mine && sub == 0) {
+      const int64_t o = row * p.k + above;
+      if (p.value_bytes == 4) static_cast<uint32_t*>(p.values)[o] = bits32_of_key(key);
+      else static_cast<uint16_t*>(p.values)[o] = bits16_of_key(key);
+      p.indices[o] = sort_idx[e];
+    }
+    return;
+  }
+
+  // Rank 0 sorts the winners by key, descending; stable, so ties stay in index order.  Only the
+  // bits where the winners differ are sorted (all of them share the bits above).
+  __shared__ uint32_t s_diff;
+  if (tid == 0) s_diff = 0;
   constexpr int kItems = kSortCap / kSelectThreads;
   uint32_t sk[kItems];
   int32_t si[kItems];
+  uint32_t diff = 0;
+  const uint32_t first_key = sort_keys[0];
 #pragma unroll
   for (int j = 0; j < kItems; ++j) {
     const int at = tid * kItems + j;
-    sk[j] = at < int(selected) ? sort_keys[at] : 0u;  // padding sorts last (key 0, after)
-    si[j] = at < int(selected) ? sort_idx[at] : -1;
+    sk[j] = at < sel ? sort_keys[at] : 0u;  // padding sorts last (lowest digits, and after)
+    si[j] = at < sel ? sort_idx[at] : -1;
+    if (at < sel) diff |= sk[j] ^ first_key;
   }
+  diff = __reduce_or_sync(~0u, diff);
+  __syncthreads();  // s_diff is cleared; the sort buffers are read
+  if (lane == 0 && diff) atomicOr(&s_diff, diff);
   __syncthreads();
+  const int end_bit = max(32 - __clz(s_diff), p.key_low_bit + 1);
   auto& sort_storage = *reinterpret_cast<typename SortBlock::TempStorage*>(hist);
-  SortBlock(sort_storage).SortDescendingBlockedToStriped(sk, si, p.key_low_bit, 32);
+  SortBlock(sort_storage).SortDescendingBlockedToStriped(sk, si, p.key_low_bit, end_bit);
 #pragma unroll
   for (int j = 0; j < kItems; ++j) {
     const int at = j * kSelectThreads + tid;
-    if (at >= p.k) continue;
-    const bool found = at < int(selected);
+    if (at >= sel) continue;
     const int64_t o = row * p.k + at;
     if (p.value_bytes == 4) {
-      static_cast<uint32_t*>(p.values)[o] = found ? bits32_of_key(sk[j]) : p.neg_inf_bits;
+      static_cast<uint32_t*>(p.values)[o] = bits32_of_key(sk[j]);
     } else {
-      static_cast<uint16_t*>(p.values)[o] = found ? bits16_of_key(sk[j]) : uint16_t(p.neg_inf_bits);
+      static_cast<uint16_t*>(p.values)[o] = bits16_of_key(sk[j]);
     }
-    p.indices[o] = found ? si[j] : -1;
+    p.indices[o] = si[j];
   }
 }
 
