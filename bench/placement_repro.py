@@ -6,7 +6,11 @@ placement's predicted decode-step time and energy against running every step on 
 device -- beside the source paper's reported range (1.04-2.2x speed, 1.11-4.7x energy vs
 GPU only, measured there on a real GPU + U55C).  FPGA figures are MODELLED.
 
-    python bench/placement_repro.py [--contexts 16K,32K,64K,128K] [--recipes seer,quest,dsa]
+rag (dense-embedding retrieval; rag-bm25: BM25 scoring, no FPGA kernel) is planned per
+query over a document store of `context` words; its time includes the prefill of the
+assembled prompt (the rest of the model for rag).
+
+    python bench/placement_repro.py [--contexts 16K,32K,64K,128K] [--recipes seer,quest,dsa,rag,rag-bm25]
                                     [--markdown docs/placement_repro.md] [--json PATH]
 """
 from __future__ import annotations
@@ -19,19 +23,22 @@ import sys
 import jax
 
 from jax_hetero.__main__ import parse_tokens
-from jax_hetero.placement import available_devices, plan_placement
+from jax_hetero.placement import PLANNABLE, available_devices, plan_placement
 from jax_hetero.profile import device_name
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--contexts", default="16K,32K,64K,128K")
-    parser.add_argument("--recipes", default="seer,quest,dsa")
+    parser.add_argument("--recipes", default="seer,quest,dsa,rag,rag-bm25")
     parser.add_argument("--markdown", metavar="PATH")
     parser.add_argument("--json", metavar="PATH")
     args = parser.parse_args(argv)
     contexts = [parse_tokens(c) for c in args.contexts.split(",")]
     recipes = args.recipes.split(",")
+    unknown = [r for r in recipes if r not in PLANNABLE]
+    if unknown:
+        parser.error(f"--recipes: {unknown} cannot be planned; valid choices: {', '.join(PLANNABLE)}")
     devices = available_devices()
     header = (f"{datetime.date.today().isoformat()}, jax {jax.__version__}, measured on {device_name()}; "
               f"devices: " + ", ".join(f"{d.name} (backend {d.backend}, power {d.power_source})" for d in devices))
@@ -39,11 +46,13 @@ def main(argv=None):
     rows, results = [], []
     for recipe in recipes:
         for context in contexts:
-            print(f"[repro] {recipe} at {context} tokens ...", file=sys.stderr, flush=True)
+            unit = "words" if recipe.startswith("rag") else "tokens"
+            print(f"[repro] {recipe} at {context} {unit} ...", file=sys.stderr, flush=True)
             p = plan_placement(recipe, context, devices=devices)
             results.append(p.to_dict())
             offloaded = ", ".join(f"{c.step}->{c.device}" for c in p.steps if c.device != p.model_device) or "none"
-            rows.append(f"| {recipe} | {context:,} | {offloaded} | {p.baseline_seconds * 1e3:.2f} | "
+            unit = " words" if p.recipe == "rag" else ""
+            rows.append(f"| {p.label} | {context:,}{unit} | {offloaded} | {p.baseline_seconds * 1e3:.2f} | "
                         f"{p.total_seconds * 1e3:.2f} | {p.speedup:.2f}x | {p.energy_ratio:.2f}x |")
     table = "\n".join([
         f"| recipe | context | steps moved off the {results[0]['model_device']} | all on "

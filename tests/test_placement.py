@@ -103,3 +103,88 @@ def test_measured_plan_runs_in_a_pipeline():
         outputs.append((np.asarray(tokens), np.asarray(logits)))
     np.testing.assert_array_equal(outputs[0][0], outputs[1][0])
     np.testing.assert_allclose(outputs[0][1], outputs[1][1], rtol=1e-4, atol=1e-4)
+
+
+# rag: retrieval over a document store, planned per query; context = words in the store.
+
+RAG_WORDS = 16384  # 512 documents of 32 words
+
+
+def test_rag_dense_maps_to_the_fused_dot_indexer():
+    placement = plan_placement("rag", RAG_WORDS, devices=[cpu_device(), fpga_device()],
+                               measured=_measured(cpu_relevancy=1.0))
+    assert placement.recipe == "rag" and placement.options["scoring"] == "dense"
+    assert placement.plan["relevancy"] == placement.plan["retrieve"] == "fpga"
+    assert placement.recipe_options == {"scoring": "dense", "k": 3, "embed_dim": 256, "fused": True}
+    fpga = {c.step: c for c in placement.steps}["relevancy"]
+    # One call per query (not per layer): 512 float32 document embeddings of 256 dims, top-3.
+    expected = timing_model.indexer_time("dot", num_entries=512, dim=256, heads=1, k=3, dtype="float32", rows=1)
+    assert fpga.seconds == pytest.approx(expected) and fpga.source == "modelled"
+    assert fpga.bytes_in == 256 * 4  # the query embedding; the store stays resident
+    text = placement.table()
+    assert "rag (dense)" in text and "512 documents" in text and "predicted query" in text
+    assert "FPGA figures modelled" in text
+
+
+@pytest.mark.parametrize("recipe, options, reason", [
+    ("rag-bm25", None, "BM25 scoring has no FPGA kernel (CPU/GPU only)"),
+    ("rag", {"scoring": "bm25"}, "BM25 scoring has no FPGA kernel (CPU/GPU only)"),
+    ("rag", {"embed_dim": 512}, "embed_dim=512 exceeds the FPGA indexer's maximum 256"),
+])
+def test_rag_without_an_fpga_kernel_stays_on_cpu(recipe, options, reason):
+    placement = plan_placement(recipe, RAG_WORDS, devices=[cpu_device(), fpga_device()], options=options,
+                               measured=_measured(cpu_relevancy=1.0))
+    assert "fpga" not in placement.plan.values()
+    steps = {c.step: c for c in placement.steps}
+    assert reason in steps["relevancy"].why and reason in steps["retrieve"].why
+    assert "fused" not in placement.recipe_options
+
+
+@pytest.mark.parametrize("recipe, options, message", [
+    ("rag", {"scoring": "sparse"}, r"rag option scoring='sparse' is not one of \('bm25', 'dense'\)"),
+    ("rag", {"top_k": 3}, r"unknown rag option\(s\) \['top_k'\]; valid options: \('scoring', 'k'"),
+    ("rag", {"k": 0}, r"rag option k=0 must be a positive int"),
+    ("rag-bm25", {"scoring": "dense"}, r"recipe='rag-bm25' means scoring='bm25'"),
+    ("rag", {"k": 600}, r"holds 512 documents of words_per_doc=32, fewer than k=600"),
+])
+def test_rag_bad_settings(recipe, options, message):
+    with pytest.raises(ValueError, match=message):
+        plan_placement(recipe, RAG_WORDS, devices=[cpu_device()], options=options, measured=_measured())
+
+
+def test_rag_plan_from_the_cli():
+    from jax_hetero.__main__ import build_parser
+    args = build_parser().parse_args(["plan", "--recipe", "rag-bm25", "--context", "16K"])
+    assert args.recipe == "rag-bm25" and args.context == RAG_WORDS
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["plan", "--recipe", "rag-sparse"])
+
+
+def test_rag_measured_plan_runs_in_a_pipeline():
+    """A real (small) per-query measurement; then the plan using the FPGA drives the rag
+    pipeline and retrieves the same documents, in the same prompt, as the all-CPU plan."""
+    from jax_hetero.nn import DecoderConfig
+    from jax_hetero.pipeline import MemoryPipeline, make_recipe
+    from jax_hetero.pipeline.rag import shipped_corpus
+    config = DecoderConfig(vocab_size=256, hidden_dim=64, num_layers=1, num_heads=4, num_kv_heads=2,
+                           head_dim=16, mlp_dim=128, max_len=1024)
+    devices = [cpu_device(), fpga_device()]
+    placement = plan_placement("rag", 1024, devices=devices, config=config)
+    assert all(c.seconds >= 0 for c in placement.steps) and placement.rest_seconds > 0
+    assert {c.source for c in placement.steps if c.device == "cpu"} == {"measured"}
+
+    slow_cpu = {"cpu": ({"prepare": 1e-4, "relevancy": 1.0, "retrieve": 1.0, "apply": 1e-4}, 1e-3)}
+    offload = plan_placement("rag", 1024, devices=devices, config=config, measured=slow_cpu)
+    assert offload.plan["relevancy"] == offload.plan["retrieve"] == "fpga"
+    docs = shipped_corpus()
+    questions = ["Why does bread dough rise with yeast?", "How do honey bees find flowers?"]
+    outputs = []
+    for plan, extra in ((offload.plan, {}), ({s: "cpu" for s in offload.plan}, {"fused": False})):
+        pipe = MemoryPipeline(make_recipe("rag", **{**offload.recipe_options, **extra}), plan=plan)
+        assert pipe.plan == plan
+        store = pipe.prepare(None, docs)
+        query = pipe.recipe.make_query(store, questions)
+        outputs.append(pipe.apply(store, query, pipe.select(store, query)))
+    for key in ("documents", "tokens", "length"):
+        np.testing.assert_array_equal(outputs[0][key], outputs[1][key])
+    assert "yeast" in docs[int(outputs[0]["documents"][0, 0])]

@@ -5,18 +5,22 @@
 2. relevancy  "bm25": sum of the query terms' rows (``gather``) -> [b, docs];
               "dense": inner product of the query embedding with every document embedding
               (``relevancy(kind="dot")``) -> [b, docs];
-3. retrieve   the top-``k`` documents (``topk``) -> [b, k];
+3. retrieve   the top-``k`` documents (``topk``) -> [b, k]; with ``fused=True`` (dense only)
+              steps 2-3 are one ``indexer(kind="dot")`` call in retrieve (scores never
+              reach memory; the form the FPGA runs) and relevancy only passes the query on;
 4. apply      context assembly: the chosen documents' tokens, best first, then the query's,
               packed without gaps into a prompt [b, capacity] with its length [b].
 
 Parameters: ``k`` (documents per query, default 3), ``scoring`` ("bm25" or "dense"),
 ``k1``, ``b``, ``idf`` ("lucene" or "okapi") for BM25, ``max_len`` (the model's limit on the
-assembled prompt), ``tokenizer`` (text -> model token ids; default UTF-8 bytes) and
-``embedder`` (text -> vector; default hashed character trigrams).
+assembled prompt), ``tokenizer`` (text -> model token ids; default UTF-8 bytes),
+``embedder`` (text -> vector; default hashed character trigrams of ``embed_dim`` dims,
+default 512; the FPGA indexer takes at most 256) and ``fused`` (see step 3).
 """
 from __future__ import annotations
 
 import zlib
+from functools import partial
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -86,22 +90,30 @@ class RAGRecipe(Recipe):
     def __init__(self, *, k: int = 3, scoring: str = "bm25", k1: float = 1.5, b: float = 0.75,
                  idf: str = "lucene", max_len: int = 4096,
                  tokenizer: Callable[[str], Sequence[int]] = byte_tokens,
-                 embedder: Callable[[str], np.ndarray] = hashed_embedding):
+                 embedder: Callable[[str], np.ndarray] | None = None, embed_dim: int = 512,
+                 fused: bool = False):
         if scoring not in SCORINGS:
             raise ValueError(f"rag: scoring={scoring!r} is not one of {SCORINGS}")
+        if fused and scoring != "dense":
+            raise ValueError(f"rag: fused=True needs scoring='dense' (one indexer(kind='dot') call); "
+                             f"BM25 scoring (scoring={scoring!r}) has no fused kernel")
+        if not isinstance(embed_dim, int) or embed_dim < 1:
+            raise ValueError(f"rag: embed_dim={embed_dim!r} must be a positive int")
         if idf not in IDF_KINDS:
             raise ValueError(f"rag: idf={idf!r} is not one of {IDF_KINDS}")
         if not isinstance(k, int) or k < 1:
             raise ValueError(f"rag: k={k!r} must be a positive int (documents per query)")
         self.k, self.scoring, self.k1, self.b, self.idf = k, scoring, k1, b, idf
-        self.max_len, self.tokenizer, self.embedder = max_len, tokenizer, embedder
+        self.max_len, self.tokenizer, self.fused = max_len, tokenizer, fused
+        self.embedder = embedder if embedder is not None else partial(hashed_embedding, dim=embed_dim)
 
     def shapes(self):
         score = ("sum of query-term rows of BM25 weights [terms, docs]" if self.scoring == "bm25"
                  else "query embedding . document embeddings [docs, e]")
         return {"prepare": "index build (host): BM25 weights, document tokens, embeddings",
-                "relevancy": f"{score} -> [b, docs]",
-                "retrieve": f"top-{self.k} documents -> [b, {self.k}]",
+                "relevancy": ("query embedding [b, e] passed on (scored in retrieve)" if self.fused
+                              else f"{score} -> [b, docs]"),
+                "retrieve": ("fused indexer: score + " if self.fused else "") + f"top-{self.k} documents -> [b, {self.k}]",
                 "apply": f"prompt = {self.k} documents + query, packed -> [b, <= {self.max_len}]"}
 
     def init_memory(self, batch: int = 1):
@@ -155,14 +167,23 @@ class RAGRecipe(Recipe):
             query["embedding"] = jnp.asarray(np.stack([self.embedder(t) for t in texts]), jnp.float32)
         return query
 
+    @staticmethod
+    def _dot_operands(store, query):
+        """The query embedding as one head [b, 1, e] and the documents as one KV head [b, docs, 1, e]."""
+        q = query["embedding"][:, None, :]
+        docs = jnp.broadcast_to(store.embeddings[None, :, None, :], (q.shape[0],) + store.embeddings.shape[:1] + (1, q.shape[-1]))
+        return q, docs
+
     def relevancy(self, store, query, *, backend):
         if self.scoring == "bm25":
             return bm25_scores(store.term_weights, query["terms"], backend=backend)
-        q = query["embedding"][:, None, :]
-        docs = jnp.broadcast_to(store.embeddings[None, :, None, :], (q.shape[0],) + store.embeddings.shape[:1] + (1, q.shape[-1]))
-        return ops.relevancy(q, docs, kind="dot", backend=backend)[:, 0]
+        if self.fused:
+            return {"embedding": query["embedding"]}
+        return ops.relevancy(*self._dot_operands(store, query), kind="dot", backend=backend)[:, 0]
 
     def retrieve(self, store, scores, *, backend):
+        if self.fused:
+            return ops.indexer(*self._dot_operands(store, scores), self.k, kind="dot", backend=backend)[1][:, 0]
         return ops.topk(scores, self.k, backend=backend)[1]
 
     def apply(self, store, query, selection, *, backend):

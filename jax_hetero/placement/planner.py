@@ -17,9 +17,12 @@ import jax
 from ..pipeline import STEPS
 from ..profile import PROFILE_CONFIG, DEFAULT_OPTIONS, profile_decode
 from .devices import Device, available_devices, transfer_seconds
-from .workloads import Workload, attention_workload
+from .workloads import Workload, attention_workload, check_rag_options, rag_workload
 
-PLANNABLE = ("dense", "seer", "quest", "dsa")
+# rag: dense-embedding retrieval by default; "rag-bm25" / "rag-dense" name the variant
+# (the same as options={"scoring": ...}).
+RAG_ALIASES = {"rag-bm25": "bm25", "rag-dense": "dense"}
+PLANNABLE = ("dense", "seer", "quest", "dsa", "rag", *RAG_ALIASES)
 OBJECTIVES = ("time", "energy")
 
 
@@ -49,6 +52,17 @@ class Placement:
     devices: dict[str, str]          # device -> power source
     backends: dict[str, str]         # device -> op backend
     date: str = dataclasses.field(default_factory=lambda: datetime.date.today().isoformat())
+    options: dict = dataclasses.field(default_factory=dict)  # the options planned (rag: scoring, k, ...)
+
+    @property
+    def unit(self) -> str:
+        """What one predicted time covers: a decode step, or one rag query (+ its prefill)."""
+        return "query" if self.recipe == "rag" else "decode step"
+
+    @property
+    def label(self) -> str:
+        """The recipe, with rag's scoring variant."""
+        return f"rag ({self.options.get('scoring')})" if self.recipe == "rag" else self.recipe
 
     @property
     def plan(self) -> dict[str, str]:
@@ -58,8 +72,15 @@ class Placement:
     @property
     def recipe_options(self) -> dict:
         """Recipe options the plan needs: the FPGA runs relevancy+retrieve as one fused
-        indexer call, so a plan using it builds the recipe with ``fused=True``."""
-        return {"fused": True} if "fpga" in (c.device for c in self.steps) else {}
+        indexer call, so a plan using it builds the recipe with ``fused=True``.  rag also
+        names its scoring (and, dense, the embedding size the FPGA kernel was planned for):
+        ``make_recipe("rag", **placement.recipe_options)``."""
+        fused = {"fused": True} if "fpga" in (c.device for c in self.steps) else {}
+        if self.recipe == "rag":
+            scoring = self.options["scoring"]
+            extra = {"embed_dim": self.options["embed_dim"]} if scoring == "dense" else {}
+            return {"scoring": scoring, "k": self.options["k"], **extra, **fused}
+        return fused
 
     @property
     def speedup(self) -> float:
@@ -70,16 +91,19 @@ class Placement:
         return self.baseline_energy_joules / self.energy_joules
 
     def table(self) -> str:
-        rows = [f"placement for recipe={self.recipe} context={self.context} "
+        context = (f"context={self.context} (store words, {self.context // self.options['words_per_doc']} "
+                   f"documents; times per query)" if self.recipe == "rag" else f"context={self.context}")
+        rows = [f"placement for recipe={self.label} {context} "
                 f"(model on {self.model_device}; {self.date}; FPGA figures modelled)",
                 "| step | device | time ms | source | bytes in | transfer ms | why |",
                 "|---|---|---|---|---|---|---|"]
         for c in self.steps:
             rows.append(f"| {c.step} | {c.device} | {c.seconds * 1e3:.3f} | {c.source} | {c.bytes_in:,} "
                         f"| {c.transfer_seconds * 1e3:.3f} | {c.why} |")
-        rows.append(f"| rest of model | {self.model_device} | {self.rest_seconds * 1e3:.3f} | measured | | | |")
+        rest = "rest of model (prefill of the prompt)" if self.recipe == "rag" else "rest of model"
+        rows.append(f"| {rest} | {self.model_device} | {self.rest_seconds * 1e3:.3f} | measured | | | |")
         rows.append("")
-        rows.append(f"predicted decode step: {self.total_seconds * 1e3:.3f} ms, {self.energy_joules * 1e3:.2f} mJ; "
+        rows.append(f"predicted {self.unit}: {self.total_seconds * 1e3:.3f} ms, {self.energy_joules * 1e3:.2f} mJ; "
                     f"all on {self.model_device}: {self.baseline_seconds * 1e3:.3f} ms, "
                     f"{self.baseline_energy_joules * 1e3:.2f} mJ -> {self.speedup:.2f}x time, "
                     f"{self.energy_ratio:.2f}x energy")
@@ -94,9 +118,14 @@ class Placement:
 
 
 def measure_steps(recipe: str, context: int, device: Device, options: dict, config) -> tuple[dict, float]:
-    """Seconds of each step (all layers) and of the rest of the model, measured on `device`."""
+    """Seconds of each step (all layers; rag: one query) and of the rest of the model (rag:
+    the prefill of the assembled prompt), measured on `device`."""
     with jax.default_device(device.jax_device):
-        prof = profile_decode(recipe, context, backend=device.backend, options=options, config=config)
+        if recipe == "rag":
+            from ..profile.retrieval import profile_rag
+            prof = profile_rag(context, backend=device.backend, config=config, **options)
+        else:
+            prof = profile_decode(recipe, context, backend=device.backend, options=options, config=config)
     return {s: ms / 1e3 for s, ms in prof.steps_ms.items()}, prof.rest_ms / 1e3
 
 
@@ -142,16 +171,31 @@ def plan_placement(recipe: str, context: int, *, devices: list[Device] | None = 
 
     measured: optional {device name: (step seconds dict, rest seconds)} to skip measuring
     (e.g. numbers taken on another machine); devices then only supplies power and backends.
+
+    recipe "rag" (or "rag-dense" / "rag-bm25"): retrieval over a document store of `context`
+    words, planned per query (its rest of the model: the prefill of the assembled prompt);
+    options (defaults workloads.RAG_DEFAULTS): scoring ("dense" or "bm25"), k, embed_dim,
+    words_per_doc.
     """
     if recipe not in PLANNABLE:
         raise ValueError(f"plan: recipe={recipe!r} cannot be planned; valid choices: {PLANNABLE}")
     if objective not in OBJECTIVES:
         raise ValueError(f"plan: objective={objective!r} is not one of {OBJECTIVES}")
+    if recipe.startswith("rag"):
+        options = dict(options or {})
+        if recipe in RAG_ALIASES:
+            scoring = options.setdefault("scoring", RAG_ALIASES[recipe])
+            if scoring != RAG_ALIASES[recipe]:
+                raise ValueError(f"plan: recipe={recipe!r} means scoring={RAG_ALIASES[recipe]!r}, but "
+                                 f"options give scoring={scoring!r}; use recipe='rag' with the option")
+        recipe, options = "rag", check_rag_options(options, context)
+    else:
+        options = dict(DEFAULT_OPTIONS.get(recipe, {}) if options is None else options)
     devices = devices or available_devices()
-    options = dict(DEFAULT_OPTIONS.get(recipe, {}) if options is None else options)
     config = dataclasses.replace(config, max_len=max(config.max_len, context))
-    workload = attention_workload(recipe, context, config, options)
-    layers = config.num_layers
+    workload = (rag_workload(context, options) if recipe == "rag"
+                else attention_workload(recipe, context, config, options))
+    layers = workload.calls
     by_name = {d.name: d for d in devices}
     model = "gpu" if "gpu" in by_name else "cpu"
 
@@ -205,7 +249,10 @@ def plan_placement(recipe: str, context: int, *, devices: list[Device] | None = 
         why = f"best {objective} of all plans" + (f"; elsewhere: {', '.join(others)}" if others else "")
         if device == "fpga":
             why = "fused indexer kernel; " + why
+        elif step in ("relevancy", "retrieve") and workload.fpga_note and "fpga" in by_name:
+            why = f"{workload.fpga_note}; " + why
         bytes_in, t_in = transfers[step]
         choices.append(StepChoice(step, device, seconds, source, bytes_in * layers, t_in * layers, why))
     return Placement(recipe, context, model, choices, rest, total, energy, base_total, base_energy,
-                     {d.name: d.power_source for d in devices}, {d.name: d.backend for d in devices})
+                     {d.name: d.power_source for d in devices}, {d.name: d.backend for d in devices},
+                     options=options)

@@ -4,8 +4,8 @@
 history compressed into segment memories for hmt).  The rest of the model is the decoder's
 prefill of what the recipe hands it (the assembled prompt, or the segment with its memories
 prepended).  Each step and the prefill are timed jitted on their own (best of `reps`); rag's
-prepare is the per-query host work (tokenizing the question); the one-off index build is not
-part of a query.
+prepare is the per-query host work (tokenizing the question, and embedding it for dense
+scoring); the one-off index build is not part of a query.
 """
 from __future__ import annotations
 
@@ -48,15 +48,28 @@ def synthetic_documents(words: int, words_per_doc: int, rng, vocabulary: int = 5
     return [draw(words_per_doc) for _ in range(words // words_per_doc)], draw
 
 
+def mean_word_bytes(vocabulary: int = 5000) -> float:
+    """Expected UTF-8 bytes of one synthetic word with its separator (byte tokens per word)."""
+    ranks = np.arange(1, vocabulary + 1)
+    probability = (1 / ranks) / (1 / ranks).sum()
+    return float((probability * np.array([len(f"w{i}") for i in range(vocabulary)])).sum() + 1)
+
+
 def profile_rag(context: int, *, backend: str = "auto", k: int = 3, words_per_doc: int = 32,
+                scoring: str = "bm25", embed_dim: int = 512, fused: bool = False,
                 config: DecoderConfig = PROFILE_CONFIG, reps: int = 5, seed: int = 0) -> StepProfile:
+    """rag per query over a store of `context` words (``context // words_per_doc`` documents);
+    `scoring`, `embed_dim`, `fused` and `k` are the RAGRecipe options."""
+    if context // words_per_doc < k:
+        raise ValueError(f"profile: rag context={context} words makes {context // words_per_doc} documents "
+                         f"of words_per_doc={words_per_doc}, fewer than k={k}; raise the context")
     rng = np.random.default_rng(seed)
     documents, draw = synthetic_documents(context, words_per_doc, rng)
-    recipe = RAGRecipe(k=k, max_len=config.max_len)
+    recipe = RAGRecipe(k=k, max_len=config.max_len, scoring=scoring, embed_dim=embed_dim, fused=fused)
     pipe = MemoryPipeline(recipe, backend=backend)
     store = pipe.prepare(None, documents)
     question = draw(8)
-    t_prepare = best_seconds(lambda: recipe.make_query(store, [question])["terms"], reps)
+    t_prepare = best_seconds(lambda: recipe.make_query(store, [question])["terms"], reps)  # dense: + embedding
     query = recipe.make_query(store, [question])
     relevancy, retrieve, apply = jax.jit(pipe.relevancy), jax.jit(pipe.retrieve), jax.jit(pipe.apply)
     scores = relevancy(store, query)
