@@ -304,6 +304,15 @@ __device__ __forceinline__ void store_key(uint32_t* keys, int i, uint32_t key, u
   atomicAdd(&hist[key >> (32 - kDigitBits)], 1u);
 }
 
+// Counts the first radix digit of `key` where `valid`.  The whole warp must call it together
+// (converged, all 32 lanes): lanes with the same digit add once, so hot bins (most keys of
+// smooth data fall in a few) do not serialise the shared-memory atomics.
+__device__ __forceinline__ void count_first_digit_warp(uint32_t* hist, uint32_t key, bool valid) {
+  const uint32_t bin = key >> (32 - kDigitBits);
+  const unsigned peers = __match_any_sync(~0u, valid ? bin : ~0u);  // invalid lanes match no bin
+  if (valid && int(threadIdx.x & 31) == __ffs(peers) - 1) atomicAdd(&hist[bin], uint32_t(__popc(peers)));
+}
+
 // Candidates of an earlier level: keys and original indices, [rows, m] with the first
 // surviving() entries of each row valid.
 struct PairLoader {
@@ -326,9 +335,15 @@ struct PairLoader {
                        uint32_t* hist, unsigned char*) const {
     const uint32_t* sk = keys + row * m + begin;
     const int32_t* si = idx + row * m + begin;
-    for (int i = threadIdx.x; i < len; i += kSelectThreads) {
-      store_key(out_keys, i, sk[i], hist);
-      out_idx[i] = si[i];
+    for (int i0 = 0; i0 < len; i0 += kSelectThreads) {  // uniform trip count: warps stay converged
+      const int i = i0 + int(threadIdx.x);
+      const bool ok = i < len;
+      const uint32_t key = ok ? sk[i] : 0u;
+      if (ok) {
+        out_keys[i] = key;
+        out_idx[i] = si[i];
+      }
+      count_first_digit_warp(hist, key, ok);
     }
   }
 };

@@ -27,6 +27,7 @@ struct RawLoader {
     const T* src = x + row * n + begin;
     constexpr int kVec = 16 / sizeof(T);
     int done = 0;
+    // Trip counts are uniform over the CTA, so every warp calls count_first_digit_warp converged.
     if (reinterpret_cast<uintptr_t>(src) % 16 == 0) {
       // 16-byte loads, four in flight per thread.
       const uint4* v = reinterpret_cast<const uint4*>(src);
@@ -36,20 +37,30 @@ struct RawLoader {
 #pragma unroll
         for (int j = 0; j < 4; ++j) {
           const int i = base + j * kSelectThreads + threadIdx.x;
-          if (i < nv) r[j] = __ldg(v + i);
+          r[j] = i < nv ? __ldg(v + i) : make_uint4(0, 0, 0, 0);
         }
 #pragma unroll
         for (int j = 0; j < 4; ++j) {
           const int i = base + j * kSelectThreads + threadIdx.x;
-          if (i >= nv) continue;
+          const bool ok = i < nv;
           const T* e = reinterpret_cast<const T*>(&r[j]);
 #pragma unroll
-          for (int q = 0; q < kVec; ++q) store_key(keys, i * kVec + q, key_of(e[q]), hist);
+          for (int q = 0; q < kVec; ++q) {
+            const uint32_t key = key_of(e[q]);
+            if (ok) keys[i * kVec + q] = key;
+            count_first_digit_warp(hist, key, ok);
+          }
         }
       }
       done = nv * kVec;
     }
-    for (int i = done + threadIdx.x; i < len; i += kSelectThreads) store_key(keys, i, key_of(src[i]), hist);
+    for (int i0 = done; i0 < len; i0 += kSelectThreads) {
+      const int i = i0 + int(threadIdx.x);
+      const bool ok = i < len;
+      const uint32_t key = ok ? key_of(src[i]) : 0u;
+      if (ok) keys[i] = key;
+      count_first_digit_warp(hist, key, ok);
+    }
   }
 };
 
