@@ -1,0 +1,145 @@
+"""CUDA top-k on inputs that defeat shortcuts of the selection kernel (thresholds estimated
+from part of a row, counting-rank final sort, narrowed sort bits, warp-aggregated counting):
+sorted rows, all-equal rows, many ties at the k-th value, specials, short valid lengths, rows
+whose early part is all small.  Compared bit for bit with a numpy total-order top-k.
+
+Run on a GPU machine with ``JAX_PLATFORMS=cuda python -m pytest tests/test_cuda_topk.py -q``.
+"""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jax_hetero as jh
+from jax_hetero import backends
+
+try:
+    jax.devices("gpu")
+except RuntimeError:
+    pytest.skip("no CUDA device visible to JAX", allow_module_level=True)
+if backends.module("cuda") is None:
+    pytest.skip("jax_hetero was built without the CUDA backend", allow_module_level=True)
+
+from conftest import SPECIALS  # noqa: E402
+
+DTYPES = [jnp.float32, jnp.bfloat16, jnp.float16]
+
+
+def order_keys(scores):
+    """-NaN < -inf < ... < -0 < +0 < ... < +inf < NaN as unsigned keys."""
+    bits = np.asarray(scores, np.float32).view(np.uint32)  # 16-bit floats widen exactly
+    return np.where(bits >> 31, ~bits, bits | np.uint32(0x80000000))
+
+
+def numpy_topk(scores, k, lengths):
+    x = np.asarray(scores)
+    flat = x.reshape(-1, x.shape[-1])
+    lens = np.asarray(lengths).reshape(-1)
+    values = np.full((flat.shape[0], k), -np.inf, x.dtype)
+    indices = np.full((flat.shape[0], k), -1, np.int32)
+    for r, (row, length) in enumerate(zip(flat, lens)):
+        valid = int(np.clip(length, 0, row.shape[0]))
+        keys = order_keys(row[:valid])
+        order = np.lexsort((np.arange(valid), -keys.astype(np.int64)))[:k]
+        values[r, :len(order)] = row[order]
+        indices[r, :len(order)] = order
+    return values.reshape(x.shape[:-1] + (k,)), indices.reshape(x.shape[:-1] + (k,))
+
+
+def check(scores, k, lengths=None):
+    if lengths is None:
+        lengths = np.full(scores.shape[:-1], scores.shape[-1], np.int32)
+    lengths = jnp.asarray(lengths, jnp.int32)
+    values, indices = jax.jit(lambda s, l: jh.topk(s, k, lengths=l, backend="cuda"))(scores, lengths)
+    ref_values, ref_indices = numpy_topk(scores, k, lengths)
+    np.testing.assert_array_equal(np.asarray(indices), ref_indices)
+    got, want = np.asarray(values), np.asarray(ref_values)
+    view = {2: np.uint16, 4: np.uint32}[got.dtype.itemsize]
+    np.testing.assert_array_equal(got.view(view), want.view(view))
+
+
+def pattern_rows(name, rows, n, rng):
+    """[rows, n] float32 scores of one adversarial pattern."""
+    i = np.arange(n, dtype=np.float32)
+    if name == "ascending":
+        return np.tile(i, (rows, 1))
+    if name == "descending":
+        return np.tile(-i, (rows, 1))
+    if name == "all_equal":
+        return np.full((rows, n), 0.5, np.float32)
+    if name == "few_values":  # many ties at the k-th value
+        return rng.integers(-2, 3, (rows, n)).astype(np.float32)
+    if name == "specials":
+        return rng.choice(SPECIALS, (rows, n))
+    if name == "signed_zeros_and_neg_inf":
+        return rng.choice(np.array([0.0, -0.0, -np.inf, -np.nan], np.float32), (rows, n))
+    if name == "small_head":  # the first three quarters are tiny, the winners all come late
+        x = rng.standard_normal((rows, n)).astype(np.float32)
+        x[:, : 3 * n // 4] = -1e30
+        return x
+    if name == "large_tail_ramp":  # ascending ramp of normal noise: each tile beats the last
+        return (rng.standard_normal((rows, n)) + np.linspace(-50, 50, n)).astype(np.float32)
+    if name == "one_hot_bins":  # everything in one radix bin except a few outliers
+        x = np.full((rows, n), 1.0, np.float32) + rng.integers(0, 4, (rows, n)).astype(np.float32) * 2**-20
+        x[:, rng.integers(0, n, 5)] = 3.0
+        return x
+    return rng.standard_normal((rows, n)).astype(np.float32)
+
+
+PATTERNS = ["ascending", "descending", "all_equal", "few_values", "specials", "signed_zeros_and_neg_inf",
+            "small_head", "large_tail_ramp", "one_hot_bins", "normal"]
+
+
+@pytest.mark.parametrize("pattern", PATTERNS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: jnp.dtype(d).name)
+def test_topk_patterns_one_cluster(pattern, dtype):
+    # One row in one cluster (final level only) and several short rows (clusters of one CTA).
+    rng = np.random.default_rng(20)
+    for rows, n in ((1, 131_072), (6, 20_000), (3, 3000)):
+        scores = jnp.asarray(pattern_rows(pattern, rows, n, rng)).astype(dtype)
+        for k in (1, 16, 64, 256, 257, 2048):
+            check(scores, min(k, n))
+
+
+@pytest.mark.parametrize("pattern", PATTERNS)
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=lambda d: jnp.dtype(d).name)
+def test_topk_patterns_candidate_levels(pattern, dtype):
+    # Rows longer than one cluster: segments, candidate levels.
+    rng = np.random.default_rng(21)
+    scores = jnp.asarray(pattern_rows(pattern, 2, 600_000, rng)).astype(dtype)
+    for k in (1, 64, 2048):
+        check(scores, k)
+    check(scores, 300, np.array([600_000, 262_145], np.int32))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: jnp.dtype(d).name)
+def test_topk_short_lengths(dtype):
+    # Valid lengths shorter than k, than a tile, than a warp; zero; exactly k; one past k.
+    rng = np.random.default_rng(22)
+    n = 50_000
+    lengths = np.array([0, 1, 5, 31, 33, 255, 256, 257, 2047, 2048, 2049, 16_383, 16_385, n], np.int32)
+    base = rng.standard_normal((len(lengths), n)).astype(np.float32)
+    base[1::2, :4000] = -np.inf  # some rows start with their smallest values
+    scores = jnp.asarray(base).astype(dtype)
+    for k in (1, 16, 256, 257, 2048):
+        check(scores, k, lengths)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: jnp.dtype(d).name)
+def test_topk_k_equals_n_and_tiny_rows(dtype):
+    rng = np.random.default_rng(23)
+    for n in (1, 2, 31, 256, 257, 2048):
+        scores = jnp.asarray(rng.choice(SPECIALS, (3, n))).astype(dtype)
+        for k in sorted({1, n // 2 or 1, n}):
+            check(scores, k)
+            check(scores, k, np.array([n, n // 3, 0], np.int32))
+
+
+def test_topk_ties_at_threshold_many_rows():
+    # 256 rows of 32768 with four distinct values: the k-th value is shared by thousands.
+    rng = np.random.default_rng(24)
+    scores = jnp.asarray(rng.integers(0, 4, (256, 32_768)).astype(np.float32))
+    check(scores, 64)
+    lengths = rng.integers(0, 32_769, 256).astype(np.int32)
+    check(scores, 64, lengths)
+    check(scores.astype(jnp.bfloat16), 2048, lengths)
