@@ -264,27 +264,101 @@ def test_indexer_dsa_zero_scores_tie_to_lower_index():
     np.testing.assert_array_equal(np.asarray(values), 0)
 
 
+def block_memory(kind, lo, hi):
+    return (lo, hi) if kind == "quest" else lo
+
+
+def block_valid(lengths, bs, nb, hkv):
+    """Valid blocks per (batch, KV head) row, as the ops compute them from token lengths."""
+    lengths = np.asarray(lengths, np.int64)
+    valid = np.clip((np.maximum(lengths, 0) + bs - 1) // bs, 0, nb).astype(np.int32)
+    return np.repeat(valid[:, None], hkv, axis=1)
+
+
+# (b, hq, hkv, d, nb, block_size, k, token lengths): k == nb; rows of 0 valid blocks and rows
+# with fewer than k; feature dims that are not a multiple of 32; nb above one cluster
+# (8 x 1024 blocks) so the selection runs candidate levels, with hkv > 1 and hkv == 1.
+BLOCK_CASES = [
+    (2, 8, 2, 64, 3000, 16, 64, (3000 * 16, 777)),
+    (3, 4, 4, 128, 700, 1, 700, (700, 0, 333)),
+    (2, 6, 2, 33, 50, 7, 5, (0, 20)),
+    (2, 32, 8, 128, 20_000, 64, 2048, (20_000 * 64, 12_345 * 64 + 5)),
+    (1, 2, 1, 16, 100_000, 4, 100, (250_001,)),
+]
+
+
+def block_case(case, kind, dtype, seed=11):
+    b, hq, hkv, d, nb, bs, k, lengths = case
+    q, lo, hi = block_inputs(np.random.default_rng(seed), b, hq, hkv, d, nb, dtype)
+    return q, block_memory(kind, lo, hi), bs, k, jnp.asarray(lengths, jnp.int32), hkv, nb
+
+
 @pytest.mark.parametrize("kind", ["dot", "quest"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: jnp.dtype(d).name)
-def test_block_relevancy_and_indexer(kind, dtype):
+@pytest.mark.parametrize("case", BLOCK_CASES, ids=lambda c: "x".join(map(str, c[:7])))
+def test_block_relevancy(kind, dtype, case):
     if not backends.has(f"relevancy_{kind}", "cuda"):
         pytest.skip(f"no CUDA handler for relevancy_{kind}")
-    rng = np.random.default_rng(11)
-    b, hq, hkv, d, nb, bs = 2, 8, 2, 64, 3000, 16
-    q, lo, hi = block_inputs(rng, b, hq, hkv, d, nb, dtype)
-    memory = (lo, hi) if kind == "quest" else lo
-    lengths = jnp.array([nb * bs, 777], jnp.int32)
+    q, memory, bs, _, lengths, _, _ = block_case(case, kind, dtype)
     rel = lambda bk: jh.relevancy(q, memory, kind=kind, lengths=lengths, block_size=bs, backend=bk)
     got, want = np.asarray(jax.jit(lambda: rel("cuda"))()), np.asarray(rel("xla"))
-    assert np.array_equal(np.isinf(got), np.isinf(want))
+    assert got.shape == want.shape and got.dtype == np.float32
+    assert np.array_equal(np.isneginf(got), np.isneginf(want))
     np.testing.assert_allclose(np.where(np.isfinite(got), got, 0), np.where(np.isfinite(want), want, 0),
                                rtol=1e-4, atol=1e-3)
-    if backends.has(f"indexer_{kind}", "cuda"):
-        idx = lambda bk: jh.indexer(q, memory, 64, kind=kind, lengths=lengths, block_size=bs, backend=bk)
-        values, indices = jax.jit(lambda: idx("cuda"))()
-        ref_values, _ = idx("xla")
-        scores = jh.relevancy(q, memory, kind=kind, backend="xla")
-        check_indexer_selection(values, indices, ref_values, scores)
+
+
+@pytest.mark.parametrize("kind", ["dot", "quest"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: jnp.dtype(d).name)
+@pytest.mark.parametrize("case", BLOCK_CASES, ids=lambda c: "x".join(map(str, c[:7])))
+def test_block_indexer(kind, dtype, case):
+    if not backends.has(f"indexer_{kind}", "cuda"):
+        pytest.skip(f"no CUDA handler for indexer_{kind}")
+    q, memory, bs, k, lengths, hkv, nb = block_case(case, kind, dtype)
+    idx = lambda bk: jh.indexer(q, memory, k, kind=kind, lengths=lengths, block_size=bs, backend=bk)
+    values, indices = jax.jit(lambda: idx("cuda"))()
+    # Exact: the fused indexer selects from the very scores relevancy computes on the GPU.
+    scores = jax.jit(lambda: jh.relevancy(q, memory, kind=kind, backend="cuda"))()
+    ref_values, ref_indices = numpy_topk(scores, k, block_valid(lengths, bs, nb, hkv))
+    np.testing.assert_array_equal(np.asarray(indices), ref_indices)
+    assert_same_bits(values, ref_values)
+    # And the same selection as the jnp reference up to float rounding.
+    xla_values, _ = idx("xla")
+    check_indexer_selection(values, indices, xla_values, jh.relevancy(q, memory, kind=kind, backend="xla"))
+
+
+@pytest.mark.parametrize("kind", ["dot", "quest"])
+def test_block_indexer_specials_and_ties(kind):
+    if not backends.has(f"indexer_{kind}", "cuda"):
+        pytest.skip(f"no CUDA handler for indexer_{kind}")
+    rng = np.random.default_rng(14)
+    b, hq, hkv, d, nb = 2, 4, 2, 64, 5000
+    q, clean_lo, clean_hi = block_inputs(rng, b, hq, hkv, d, nb, jnp.float32)
+    lo, hi = np.array(clean_lo), np.array(clean_hi)
+    # NaN, +-inf and ties (equal blocks) in the memory: the total order decides.
+    for value in (np.nan, np.inf, -np.inf):
+        at = rng.integers(0, nb, 20)
+        lo[:, at, :, 3] = value
+        hi[:, at, :, 3] = value
+    hi[:, 100:200] = hi[:, 50:51]
+    lo[:, 100:200] = lo[:, 50:51]
+    memory = block_memory(kind, jnp.asarray(lo), jnp.asarray(hi))
+    lengths = jnp.array([nb, 4321], jnp.int32)
+    scores = jax.jit(lambda: jh.relevancy(q, memory, kind=kind, backend="cuda"))()
+    for k in (1, 150, 2048):
+        values, indices = jax.jit(lambda: jh.indexer(q, memory, k, kind=kind, lengths=lengths, block_size=1,
+                                                     backend="cuda"))()
+        ref_values, ref_indices = numpy_topk(scores, k, block_valid(lengths, 1, nb, hkv))
+        np.testing.assert_array_equal(np.asarray(indices), ref_indices)
+        assert_same_bits(values, ref_values)
+    # A zero query scores every (finite) block +0: the k lowest valid indices win.
+    zero, clean = jnp.zeros_like(q), block_memory(kind, clean_lo, clean_hi)
+    values, indices = jh.indexer(zero, clean, 64, kind=kind, lengths=jnp.array([nb, 10], jnp.int32),
+                                 block_size=1, backend="cuda")
+    want = np.broadcast_to(np.arange(64, dtype=np.int32), (hkv, 64))
+    np.testing.assert_array_equal(np.asarray(indices[0]), want)
+    np.testing.assert_array_equal(np.asarray(indices[1]), np.where(want < 10, want, -1))
+    np.testing.assert_array_equal(np.asarray(values[0]), 0)
 
 
 # ---- sparse attention ----
