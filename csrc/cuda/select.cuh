@@ -54,8 +54,14 @@ __host__ __device__ inline int64_t surviving(int64_t valid, int levels, const in
 }
 
 struct SelectSmem {
-  size_t keys, idx, hist, sort_keys, sort_idx, extra, total;
+  size_t keys, idx, hist, sort_keys, sort_idx, list, extra, total;
 };
+
+// Survivor slots per warp (see select_kernel): at most 256, at most a warp's share of capacity.
+__host__ __device__ inline int select_list_cap(int capacity) {
+  const int share = ((capacity + kSelectWarps - 1) / kSelectWarps + 31) & ~31;
+  return share < 256 ? share : 256;
+}
 
 __host__ __device__ inline SelectSmem select_smem(int capacity, bool has_idx, size_t extra_bytes) {
   SelectSmem s{};
@@ -65,6 +71,7 @@ __host__ __device__ inline SelectSmem select_smem(int capacity, bool has_idx, si
   s.hist = off; off += 2 * kBins * 4;  // this CTA's histogram + its merged slice
   s.sort_keys = off; off += kSortCap * 4;
   s.sort_idx = off; off += kSortCap * 4;
+  s.list = off; off += size_t(kSelectWarps) * select_list_cap(capacity) * 2;  // a multiple of 1 KiB
   s.extra = off; off += extra_bytes;
   s.total = off;
   return s;
@@ -83,6 +90,7 @@ select_kernel(const Loader loader, const SelectParams p) {
   __shared__ uint32_t s_digit, s_remaining;
   __shared__ uint32_t s_warp_gt[kSelectWarps], s_warp_eq[kSelectWarps];
   __shared__ uint32_t s_cta_gt, s_cta_eq, s_gt_before, s_eq_before;
+  __shared__ uint32_t s_list_count[kSelectWarps];
 
   const SelectSmem lay = select_smem(p.capacity, Loader::kHasIdx, loader.extra_bytes());
   uint32_t* keys = reinterpret_cast<uint32_t*>(smem + lay.keys);
@@ -90,6 +98,7 @@ select_kernel(const Loader loader, const SelectParams p) {
   uint32_t* hist = reinterpret_cast<uint32_t*>(smem + lay.hist);
   uint32_t* sort_keys = reinterpret_cast<uint32_t*>(smem + lay.sort_keys);
   int32_t* sort_idx = reinterpret_cast<int32_t*>(smem + lay.sort_idx);
+  const int list_cap = select_list_cap(p.capacity);
 
   cg::cluster_group cluster = cg::this_cluster();
   const int cs = int(cluster.num_blocks());
@@ -112,6 +121,17 @@ select_kernel(const Loader loader, const SelectParams p) {
   __syncthreads();
   loader.load(row, begin, len, keys, idx, local_hist, smem + lay.extra);
 
+  // Warp w owns the contiguous entries [w_begin, w_end) of this CTA; its `sequence` is those
+  // entries, or (once pass 1 has listed them, see below) only its survivors, in index order.
+  const int warp_len = (((len + kSelectWarps - 1) / kSelectWarps) + 31) & ~31;
+  const int w_begin = min(len, warp * warp_len), w_end = min(len, w_begin + warp_len);
+  const unsigned lanes_below = (1u << lane) - 1u;
+  uint16_t* my_list = reinterpret_cast<uint16_t*>(smem + lay.list) + warp * list_cap;
+  bool use_list = false;
+  int w_count = w_end - w_begin;
+  // Position j < w_count of this warp's sequence -> entry of the CTA.
+  auto entry = [&](int j) { return use_list ? int(my_list[j]) : w_begin + j; };
+
   // Radix passes: find the key T of the k'-th largest entry (k' = min(k, valid entries)).
   uint32_t prefix = 0, prefix_mask = 0, remaining = 0, selected = 0;
   for (int pass = 0, hi = 32; hi > p.key_low_bit; ++pass) {
@@ -120,12 +140,43 @@ select_kernel(const Loader loader, const SelectParams p) {
     if (pass > 0) {
       for (int b = tid; b < kBins; b += kSelectThreads) local_hist[b] = 0;
       __syncthreads();
-      for (int i = tid; i < len; i += kSelectThreads) {
-        const uint32_t key = keys[i];
-        if ((key & prefix_mask) == prefix) atomicAdd(&local_hist[(key >> lo) & digit_mask], 1u);
+      if (pass == 1) {
+        // Filter: after pass 0 every winner's first digit equals pass 0's digit, so an entry
+        // whose key is below `prefix` (that digit, lower bits 0) cannot win.  Each warp lists
+        // the positions of the others (survivors), in order, while counting this pass; later
+        // sweeps read only the lists when every warp's survivors fit its list_cap slots.
+        uint32_t kept = 0;
+        for (int base = w_begin; base < w_end; base += 32) {
+          const int i = base + lane;
+          const bool in = i < w_end;
+          const uint32_t key = in ? keys[i] : 0u;
+          if (in && (key & prefix_mask) == prefix) atomicAdd(&local_hist[(key >> lo) & digit_mask], 1u);
+          const bool keep = in && key >= prefix;
+          const unsigned keep_mask = __ballot_sync(~0u, keep);
+          const uint32_t at = kept + __popc(keep_mask & lanes_below);
+          if (keep && at < uint32_t(list_cap)) my_list[at] = uint16_t(i);
+          kept += __popc(keep_mask);
+        }
+        if (lane == 0) s_list_count[warp] = kept;  // read after the cluster.sync below
+      } else if (use_list) {
+        for (int j = lane; j < w_count; j += 32) {
+          const uint32_t key = keys[my_list[j]];
+          if ((key & prefix_mask) == prefix) atomicAdd(&local_hist[(key >> lo) & digit_mask], 1u);
+        }
+      } else {
+        for (int i = tid; i < len; i += kSelectThreads) {
+          const uint32_t key = keys[i];
+          if ((key & prefix_mask) == prefix) atomicAdd(&local_hist[(key >> lo) & digit_mask], 1u);
+        }
       }
     }
     cluster.sync();  // every CTA's histogram is complete
+    if (pass == 1) {  // the same decision in every thread of the CTA
+      bool fits = true;
+      for (int w = 0; w < kSelectWarps; ++w) fits = fits && s_list_count[w] <= uint32_t(list_cap);
+      use_list = fits;
+      if (use_list) w_count = int(s_list_count[warp]);
+    }
     // Sum my slice over the cluster (16-byte remote reads) ...
     for (int b4 = tid; b4 < span / 4; b4 += kSelectThreads) {
       uint4 sum = make_uint4(0, 0, 0, 0);
@@ -165,15 +216,15 @@ select_kernel(const Loader loader, const SelectParams p) {
   }
   const uint32_t threshold = prefix;  // entries > threshold all win; `remaining` ties win
 
-  // Count, per warp of contiguous entries, those above and equal to the threshold.
-  const int warp_len = (((len + kSelectWarps - 1) / kSelectWarps) + 31) & ~31;
-  const int w_begin = min(len, warp * warp_len), w_end = min(len, w_begin + warp_len);
+  // Count, per warp sequence, the entries above and equal to the threshold (every one of
+  // them has a key >= the threshold >= pass 0's `prefix`, so the survivor lists hold them all).
   uint32_t gt = 0, eq = 0;
-  for (int base = w_begin; base < w_end; base += 32) {
-    const int i = base + lane;
-    const uint32_t key = i < w_end ? keys[i] : 0u;
-    gt += __popc(__ballot_sync(~0u, i < w_end && key > threshold));
-    eq += __popc(__ballot_sync(~0u, i < w_end && key == threshold));
+  for (int base = 0; base < w_count; base += 32) {
+    const int j = base + lane;
+    const bool in = j < w_count;
+    const uint32_t key = in ? keys[entry(j)] : 0u;
+    gt += __popc(__ballot_sync(~0u, in && key > threshold));
+    eq += __popc(__ballot_sync(~0u, in && key == threshold));
   }
   if (lane == 0) {
     s_warp_gt[warp] = gt;
@@ -209,13 +260,14 @@ select_kernel(const Loader loader, const SelectParams p) {
     out_idx = p.cand_idx + slot;
   }
   uint32_t eq_rank = eq_before, pos = gt_before + min(eq_before, remaining);
-  const unsigned lanes_below = (1u << lane) - 1u;
-  for (int base = w_begin; base < w_end; base += 32) {
-    const int i = base + lane;
-    const uint32_t key = i < w_end ? keys[i] : 0u;
-    const bool is_eq = i < w_end && key == threshold;
+  for (int base = 0; base < w_count; base += 32) {
+    const int j = base + lane;
+    const bool in = j < w_count;
+    const int i = in ? entry(j) : 0;
+    const uint32_t key = in ? keys[i] : 0u;
+    const bool is_eq = in && key == threshold;
     const unsigned eq_mask = __ballot_sync(~0u, is_eq);
-    const bool win = i < w_end && (key > threshold || (is_eq && eq_rank + __popc(eq_mask & lanes_below) < remaining));
+    const bool win = in && (key > threshold || (is_eq && eq_rank + __popc(eq_mask & lanes_below) < remaining));
     const unsigned win_mask = __ballot_sync(~0u, win);
     if (win) {
       const uint32_t at = pos + __popc(win_mask & lanes_below);
