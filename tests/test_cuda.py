@@ -12,7 +12,7 @@ from hypothesis import given, settings, strategies as st
 import jax_hetero as jh
 from jax_hetero import backends
 from jax_hetero.ops.gather import gather_reference
-from jax_hetero.ops.sparse_attention import sparse_attention_reference
+from jax_hetero.ops.sparse_attention import selected_token_mask, sparse_attention_reference
 
 try:
     jax.devices("gpu")
@@ -400,3 +400,99 @@ def test_sparse_attention_empty_rows_and_grad():
     ref = lambda q, k, v: sparse_attention_reference(q, k, v, block_indices, full, 32, 64 ** -0.5).sum()
     for g, w in zip(jax.grad(cuda, argnums=(0, 1, 2))(q, k, v), jax.grad(ref, argnums=(0, 1, 2))(q, k, v)):
         np.testing.assert_allclose(np.asarray(g), np.asarray(w), atol=1e-5)
+
+# The backward pass (the sparse_attention_bwd CUDA handler) against the jnp reference VJP.
+GRAD_TOL = {jnp.float32: 1e-4, jnp.bfloat16: 2e-2, jnp.float16: 4e-3}
+
+
+def attention_vjp(q, k, v, block_indices, lengths, g, bs, backend):
+    """dq, dk, dv of sparse_attention on `backend` for the cotangent g (jitted)."""
+    def grads(q, k, v, g):
+        f = lambda q, k, v: jh.sparse_attention(q, k, v, block_indices, block_size=bs, lengths=lengths,
+                                                backend=backend)
+        return jax.vjp(f, q, k, v)[1](g)
+    return jax.jit(grads)(q, k, v, g)
+
+
+def reference_attention_vjp(q, k, v, block_indices, lengths, g, bs):
+    # The jnp reference itself: backend="xla" runs a host callback that JAX_PLATFORMS=cuda lacks.
+    def grads(q, k, v, g):
+        f = lambda q, k, v: sparse_attention_reference(q, k, v, block_indices, lengths, bs, q.shape[-1] ** -0.5)
+        return jax.vjp(f, q, k, v)[1](g)
+    return jax.jit(grads)(q, k, v, g)
+
+
+def selected_tokens(block_indices, lengths, bs, n):
+    """[b, n, hkv]: whether a token counts for its KV head (the rest must get zero dk, dv)."""
+    pos, valid = (np.asarray(x) for x in selected_token_mask(block_indices, lengths, bs, n))
+    selected = np.zeros((pos.shape[0], n, pos.shape[1]), bool)
+    b, h, s, t = np.nonzero(valid)
+    selected[b, pos[b, h, s, t], h] = True
+    return selected
+
+
+def check_attention_grads(got, want, selected, dtype):
+    tol = GRAD_TOL[dtype]
+    for name, x, w in zip(("dq", "dk", "dv"), got, want):
+        assert x.dtype == w.dtype == jnp.dtype(dtype), name
+        x, w = np.asarray(x, np.float32), np.asarray(w, np.float32)
+        np.testing.assert_allclose(x, w, rtol=tol, atol=tol * float(np.abs(w).max()), err_msg=name)
+        if name != "dq":  # tokens no slot selects: exactly zero, as in the reference
+            np.testing.assert_array_equal(x[~selected], 0, err_msg=name)
+
+
+@needs("sparse_attention_bwd")
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: jnp.dtype(d).name)
+@pytest.mark.parametrize("b,hq,hkv,d,n,kb,bs,lengths", [
+    (2, 8, 2, 128, 4096, 16, 64, (4096, 2459)),        # GQA 4, several splits
+    (3, 4, 4, 64, 1000, 100, 1, (1000, 601, 0)),       # token-sparse (block_size 1), an empty row
+    (3, 6, 2, 32, 257, 9, 16, (257, 100, 0)),          # GQA 3, a partial last block
+    (1, 8, 1, 128, 16384, 64, 64, (16384 - 37,)),      # GQA 8 (one KV head), many splits
+    (2, 4, 2, 256, 700, 40, 16, (700, 333)),           # head dim 256
+])
+def test_sparse_attention_grad_matches_reference_vjp(dtype, b, hq, hkv, d, n, kb, bs, lengths):
+    rng = np.random.default_rng(14)
+    q, k, v, block_indices = attention_inputs(rng, b, hq, hkv, d, n, kb, bs, dtype)
+    nb = -(-n // bs)
+    block_indices = np.array(block_indices)  # writable
+    block_indices[rng.random(block_indices.shape) < 0.2] = -1      # unused slots
+    block_indices[0, 0, [0, 1, kb - 1]] = nb - 1                   # the last block, three times
+    block_indices[:, :, kb // 2] = block_indices[:, :, 0]          # a duplicate in every row
+    if b > 1:
+        block_indices[1, 0] = -1                                   # a (sequence, KV head) with nothing
+    block_indices = jnp.asarray(block_indices)
+    lengths = jnp.asarray(lengths, jnp.int32)
+    g = jnp.asarray(rng.standard_normal(q.shape, np.float32)).astype(dtype)
+    got = attention_vjp(q, k, v, block_indices, lengths, g, bs, "cuda")
+    want = reference_attention_vjp(q, k, v, block_indices, lengths, g, bs)
+    check_attention_grads(got, want, selected_tokens(block_indices, lengths, bs, n), dtype)
+
+
+@needs("sparse_attention_bwd")
+@pytest.mark.parametrize("backend", ["cuda", "auto"])
+def test_sparse_attention_grad_runs_the_cuda_handler(backend):
+    rng = np.random.default_rng(15)
+    q, k, v, block_indices = attention_inputs(rng, 2, 4, 2, 64, 256, 4, 16, jnp.float32)
+    loss = lambda q: jh.sparse_attention(q, k, v, block_indices, block_size=16, backend=backend).sum()
+    grad = jax.jit(jax.grad(loss))
+    assert "jax_hetero_sparse_attention_bwd_cuda" in grad.lower(q).as_text()
+    want = jax.grad(lambda q: sparse_attention_reference(q, k, v, block_indices, jnp.full((2,), 256, jnp.int32),
+                                                         16, 64 ** -0.5).sum())(q)
+    np.testing.assert_allclose(np.asarray(grad(q)), np.asarray(want), rtol=1e-4, atol=1e-5)
+
+
+@needs("sparse_attention_bwd")
+def test_sparse_attention_vmap_of_grad():
+    """Batch dimensions in front of the op's own reach the handler (vmap broadcasts them)."""
+    rng = np.random.default_rng(16)
+    inputs = [attention_inputs(rng, 2, 4, 2, 32, 96, 5, 8, jnp.float32) for _ in range(3)]
+    q, k, v, block_indices = (jnp.stack(x) for x in zip(*inputs))
+    lengths = jnp.asarray([[96, 50], [0, 96], [17, 80]], jnp.int32)
+    g = jnp.asarray(rng.standard_normal(q.shape, np.float32))
+
+    def grads(fn):
+        return jax.jit(jax.vmap(lambda q, k, v, i, l, g: jax.vjp(lambda q, k, v: fn(q, k, v, i, l), q, k, v)[1](g)))
+    cuda = grads(lambda q, k, v, i, l: jh.sparse_attention(q, k, v, i, block_size=8, lengths=l, backend="cuda"))
+    ref = grads(lambda q, k, v, i, l: sparse_attention_reference(q, k, v, i, l, 8, 32 ** -0.5))
+    for x, w in zip(cuda(q, k, v, block_indices, lengths, g), ref(q, k, v, block_indices, lengths, g)):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(w), rtol=1e-4, atol=1e-5)

@@ -84,8 +84,9 @@ def _reference_vjp(q, k, v, block_indices, lengths, g, *, block_size, scale):
 def _bwd(block_size, scale, backend, residuals, g):
     q, k, v, _, _ = residuals
     reference = partial(_reference_vjp, block_size=block_size, scale=scale)
-    # Backends without a compiled backward (the forward's backend was validated) use the
-    # reference VJP.
+    # cpu and cuda run their sparse_attention_bwd handler (backend="auto": the one of the
+    # platform, per platform); backends without a compiled backward (the forward's backend
+    # was validated) use the reference VJP.
     resolved = backends.resolve(OP, backend)
     if resolved not in ("auto", "xla") and not backends.has(BWD, resolved):
         resolved = "xla"
