@@ -388,6 +388,65 @@ def test_sparse_attention(dtype, b, hq, hkv, d, n, kb, bs):
     np.testing.assert_allclose(got, want, atol=tol, rtol=tol)
 
 
+# Tensor-core kernel (bfloat16/float16, d 64 or 128, group <= 8) and the warp kernel (float32,
+# other head dims): GQA groups 1..8, block sizes 1 to 300, token-sparse slots beyond the
+# dedup hash table, splits of one or many CTAs (merge kernel), lengths inside a block.
+ATTENTION_CASES = [  # b, hq, hkv, d, n, kb, bs
+    (2, 16, 2, 128, 4096, 16, 64),   # group 8
+    (2, 8, 1, 64, 3000, 40, 16),     # group 8, d 64, bs 16
+    (2, 4, 1, 128, 777, 300, 1),     # token-sparse
+    (1, 8, 1, 128, 5000, 3000, 1),   # 3000 slots: dedup hash table of 8192
+    (1, 2, 2, 64, 5000, 3000, 1),    # 3000 slots, d 64: linear dedup scan
+    (3, 8, 8, 64, 1000, 7, 300),     # group 1, blocks larger than a split's tile run
+    (2, 24, 4, 128, 1024, 50, 5),    # group 6, odd block size
+    (40, 16, 8, 128, 512, 16, 16),   # many (sequence, KV head) pairs: one split each
+    (80, 8, 8, 64, 256, 8, 32),      # one split each, d 64
+]
+
+
+def check_attention(q, k, v, block_indices, lengths, bs, dtype):
+    d = q.shape[-1]
+    got = jax.jit(lambda: jh.sparse_attention(q, k, v, block_indices, block_size=bs, lengths=lengths,
+                                              backend="cuda"))()
+    want = sparse_attention_reference(q, k, v, block_indices, lengths, bs, d ** -0.5)
+    got, want = np.asarray(got, np.float32), np.asarray(want, np.float32)
+    tol = {jnp.float32: 1e-5, jnp.bfloat16: 2e-2, jnp.float16: 2e-3}[dtype]
+    np.testing.assert_allclose(got, want, atol=tol, rtol=tol)
+    return got
+
+
+@needs("sparse_attention")
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: jnp.dtype(d).name)
+@pytest.mark.parametrize("case", ATTENTION_CASES, ids=lambda c: "x".join(map(str, c)))
+def test_sparse_attention_kernels(dtype, case):
+    b, hq, hkv, d, n, kb, bs = case
+    rng = np.random.default_rng(15)
+    q, k, v, block_indices = attention_inputs(rng, b, hq, hkv, d, n, kb, bs, dtype)
+    block_indices = block_indices.at[:, :, 2].set(block_indices[:, :, 0])  # duplicates count once
+    # full rows, lengths inside a block, a length shorter than any selected token
+    lengths = jnp.asarray(rng.integers(0, n + 1, b).astype(np.int32)).at[0].set(n)
+    if b > 1:
+        lengths = lengths.at[1].set(bs * 3 + 1)
+    check_attention(q, k, v, block_indices, lengths, bs, dtype)
+
+
+@needs("sparse_attention")
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: jnp.dtype(d).name)
+@pytest.mark.parametrize("d", [64, 128])
+def test_sparse_attention_duplicates_and_empty_rows(dtype, d):
+    rng = np.random.default_rng(16)
+    b, hq, hkv, n, kb, bs = 4, 8, 2, 640, 24, 16
+    q, k, v, _ = attention_inputs(rng, b, hq, hkv, d, n, kb, bs, dtype)
+    # blocks from a small range: most slots repeat an earlier one
+    block_indices = rng.integers(-1, 4, (b, hkv, kb)).astype(np.int32)
+    block_indices[1] = -1                       # no slot at all: zeros
+    block_indices[2, 0] = [7] * kb              # one block many times
+    lengths = np.array([n, n, 7 * bs + 3, 0], np.int32)  # row 3: length 0, zeros
+    got = check_attention(q, k, v, jnp.asarray(block_indices), jnp.asarray(lengths), bs, dtype)
+    np.testing.assert_array_equal(got[1], 0)
+    np.testing.assert_array_equal(got[3], 0)
+
+
 @needs("sparse_attention")
 def test_sparse_attention_empty_rows_and_grad():
     rng = np.random.default_rng(13)
