@@ -13,6 +13,30 @@ namespace {
 
 constexpr int kRawCapacity = 16384;   // keys per CTA for raw scores (64 KiB)
 
+// After a CTA has counted the first digits of a first tile of its keys into hist: the lower
+// edge of the highest first-digit bin b such that at least k of the tile's keys lie in bins >= b
+// (0 when the tile has fewer than k keys).  Every thread gets the same value.
+__device__ uint32_t tile_floor(const uint32_t* hist, int64_t k) {
+  using Scan = cub::BlockScan<uint32_t, kSelectThreads, cub::BLOCK_SCAN_WARP_SCANS>;  // small storage
+  __shared__ typename Scan::TempStorage scan;
+  __shared__ uint32_t s_floor;
+  const int tid = threadIdx.x;
+  if (tid == 0) s_floor = 0;
+  __syncthreads();  // the tile's counts are complete
+  const int first_bin = kBins - 4 - tid * 4;  // this thread's bins, descending as in select_kernel
+  const uint4 four = reinterpret_cast<const uint4*>(hist)[first_bin / 4];
+  const uint32_t cnt[4] = {four.w, four.z, four.y, four.x};
+  uint32_t before, total;
+  Scan(scan).ExclusiveSum(cnt[0] + cnt[1] + cnt[2] + cnt[3], before, total);
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+    if (int64_t(before) < k && int64_t(before) + cnt[j] >= k) s_floor = uint32_t(kBins - 1 - (tid * 4 + j)) << (32 - kDigitBits);
+    before += cnt[j];
+  }
+  __syncthreads();
+  return s_floor;
+}
+
 template <class T>
 struct RawLoader {
   static constexpr bool kHasIdx = false;
@@ -20,6 +44,7 @@ struct RawLoader {
   const T* x;
   const int32_t* lengths;
   int64_t n;
+  int64_t k;
 
   __device__ int64_t valid(int64_t row) const { return min64(max64(lengths[row], 0), n); }
   __device__ void load(int64_t row, int64_t begin, int len, uint32_t* keys, int32_t*, uint32_t* hist,
@@ -27,7 +52,14 @@ struct RawLoader {
     const T* src = x + row * n + begin;
     constexpr int kVec = 16 / sizeof(T);
     int done = 0;
-    // Trip counts are uniform over the CTA, so every warp calls count_first_digit_warp converged.
+    // Every key is stored.  Its first digit is counted unless it lies below `floor`, the lower
+    // edge of a bin with at least k keys of the first tile at or above it: such a key is below
+    // the k-th largest of this CTA's keys, hence below the k-th largest of the segment, so it
+    // cannot win, and the first radix pass only needs exact counts at and above the bin of that
+    // k-th largest key.  (Those bins are >= every CTA's floor bin, so they are counted in full; the
+    // count total stays >= k whenever a floor is set, so `selected` = k as without the floor.)
+    // Trip counts and `floor` are uniform over the CTA, so count_first_digit_warp runs converged.
+    uint32_t floor = 0;
     if (reinterpret_cast<uintptr_t>(src) % 16 == 0) {
       // 16-byte loads, four in flight per thread.
       const uint4* v = reinterpret_cast<const uint4*>(src);
@@ -48,9 +80,11 @@ struct RawLoader {
           for (int q = 0; q < kVec; ++q) {
             const uint32_t key = key_of(e[q]);
             if (ok) keys[i * kVec + q] = key;
-            count_first_digit_warp(hist, key, ok);
+            if (floor == 0) count_first_digit_warp(hist, key, ok);
+            else if (ok && key >= floor) atomicAdd(&hist[key >> (32 - kDigitBits)], 1u);
           }
         }
+        if (base == 0 && nv > 4 * kSelectThreads) floor = tile_floor(hist, k);  // after the first tile
       }
       done = nv * kVec;
     }
@@ -59,7 +93,8 @@ struct RawLoader {
       const bool ok = i < len;
       const uint32_t key = ok ? key_of(src[i]) : 0u;
       if (ok) keys[i] = key;
-      count_first_digit_warp(hist, key, ok);
+      if (floor == 0) count_first_digit_warp(hist, key, ok);
+      else if (ok && key >= floor) atomicAdd(&hist[key >> (32 - kDigitBits)], 1u);
     }
   }
 };
@@ -155,7 +190,7 @@ ffi::Error topk_select(cudaStream_t stream, ffi::ScratchAllocator& scratch, cons
   static int raw_cluster[64] = {};  // per device; 0 = not asked yet
   const int d = dev.device & 63;
   if (!raw_cluster[d]) raw_cluster[d] = max_cluster_size<RawLoader<T>>(kRawCapacity, 0);
-  return run_select_levels("topk", stream, scratch, RawLoader<T>{x, lengths, n}, kRawCapacity, raw_cluster[d],
+  return run_select_levels("topk", stream, scratch, RawLoader<T>{x, lengths, n, k}, kRawCapacity, raw_cluster[d],
                            lengths, rows, n, p, dev);
 }
 
