@@ -460,6 +460,7 @@ def test_sparse_attention_empty_rows_and_grad():
     for g, w in zip(jax.grad(cuda, argnums=(0, 1, 2))(q, k, v), jax.grad(ref, argnums=(0, 1, 2))(q, k, v)):
         np.testing.assert_allclose(np.asarray(g), np.asarray(w), atol=1e-5)
 
+
 # The backward pass (the sparse_attention_bwd CUDA handler) against the jnp reference VJP.
 GRAD_TOL = {jnp.float32: 1e-4, jnp.bfloat16: 2e-2, jnp.float16: 4e-3}
 
