@@ -87,7 +87,7 @@ __global__ void __launch_bounds__(kSelectThreads)
 select_kernel(const Loader loader, const SelectParams p) {
   extern __shared__ __align__(16) unsigned char smem[];
   __shared__ typename ScanBlock::TempStorage scan_storage;
-  __shared__ uint32_t s_digit, s_remaining;
+  __shared__ uint32_t s_digit, s_remaining, s_bin_full;
   __shared__ uint32_t s_warp_gt[kSelectWarps], s_warp_eq[kSelectWarps];
   __shared__ uint32_t s_cta_gt, s_cta_eq, s_gt_before, s_eq_before;
   __shared__ uint32_t s_list_count[kSelectWarps];
@@ -134,6 +134,7 @@ select_kernel(const Loader loader, const SelectParams p) {
 
   // Radix passes: find the key T of the k'-th largest entry (k' = min(k, valid entries)).
   uint32_t prefix = 0, prefix_mask = 0, remaining = 0, selected = 0;
+  bool whole_bin = false;  // stopped early: the winners are exactly the keys >= prefix
   for (int pass = 0, hi = 32; hi > p.key_low_bit; ++pass) {
     const int lo = max(hi - kDigitBits, p.key_low_bit);
     const uint32_t digit_mask = (1u << (hi - lo)) - 1u;
@@ -205,6 +206,7 @@ select_kernel(const Loader loader, const SelectParams p) {
       if (before < remaining && before + cnt[j] >= remaining) {
         s_digit = uint32_t(kBins - 1 - (tid * 4 + j));
         s_remaining = remaining - before;
+        s_bin_full = before + cnt[j] == remaining;
       }
       before += cnt[j];
     }
@@ -213,11 +215,20 @@ select_kernel(const Loader loader, const SelectParams p) {
     prefix_mask |= digit_mask << lo;
     remaining = s_remaining;
     hi = lo;
+    // Every entry of the chosen bin wins: the winners are the keys >= prefix (lower bits 0),
+    // so the remaining passes are skipped.  Uniform over the cluster (same merged histogram).
+    if (s_bin_full && hi > p.key_low_bit && prefix != 0) {
+      whole_bin = true;
+      break;
+    }
   }
-  const uint32_t threshold = prefix;  // entries > threshold all win; `remaining` ties win
+  // Entries > threshold all win, and the first `remaining` entries equal to it.
+  const uint32_t threshold = whole_bin ? prefix - 1 : prefix;
+  if (whole_bin) remaining = 0;  // no tie wins (entries equal to prefix - 1 need not be listed)
 
-  // Count, per warp sequence, the entries above and equal to the threshold (every one of
-  // them has a key >= the threshold >= pass 0's `prefix`, so the survivor lists hold them all).
+  // Count, per warp sequence, the entries above and equal to the threshold.  Every winner has a
+  // key >= pass 0's `prefix`, so the survivor lists hold them all (with whole_bin, entries equal
+  // to the threshold may be missing from the lists, but then no tie wins and eq is not used).
   uint32_t gt = 0, eq = 0;
   for (int base = 0; base < w_count; base += 32) {
     const int j = base + lane;
