@@ -5,6 +5,8 @@ whose early part is all small.  Compared bit for bit with a numpy total-order to
 
 Run on a GPU machine with ``JAX_PLATFORMS=cuda python -m pytest tests/test_cuda_topk.py -q``.
 """
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -46,11 +48,16 @@ def numpy_topk(scores, k, lengths):
     return values.reshape(x.shape[:-1] + (k,)), indices.reshape(x.shape[:-1] + (k,))
 
 
+@functools.lru_cache(maxsize=None)
+def cuda_topk(k):
+    return jax.jit(lambda s, l: jh.topk(s, k, lengths=l, backend="cuda"))
+
+
 def check(scores, k, lengths=None):
     if lengths is None:
         lengths = np.full(scores.shape[:-1], scores.shape[-1], np.int32)
     lengths = jnp.asarray(lengths, jnp.int32)
-    values, indices = jax.jit(lambda s, l: jh.topk(s, k, lengths=l, backend="cuda"))(scores, lengths)
+    values, indices = cuda_topk(k)(scores, lengths)
     ref_values, ref_indices = numpy_topk(scores, k, lengths)
     np.testing.assert_array_equal(np.asarray(indices), ref_indices)
     got, want = np.asarray(values), np.asarray(ref_values)
