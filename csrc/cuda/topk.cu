@@ -37,6 +37,13 @@ __device__ uint32_t tile_floor(const uint32_t* hist, int64_t k) {
   return s_floor;
 }
 
+// Counts the first digit of `key` where `keep`; the whole warp calls it together.  Aggregated
+// over lanes of the same bin when several lanes count, plain atomics when at most two do.
+__device__ __forceinline__ void count_kept_digit(uint32_t* hist, uint32_t key, bool keep) {
+  if (__popc(__ballot_sync(~0u, keep)) > 2) count_first_digit_warp(hist, key, keep);
+  else if (keep) atomicAdd(&hist[key >> (32 - kDigitBits)], 1u);
+}
+
 template <class T>
 struct RawLoader {
   static constexpr bool kHasIdx = false;
@@ -53,12 +60,14 @@ struct RawLoader {
     constexpr int kVec = 16 / sizeof(T);
     int done = 0;
     // Every key is stored.  Its first digit is counted unless it lies below `floor`, the lower
-    // edge of a bin with at least k keys of the first tile at or above it: such a key is below
+    // edge of a bin with at least k keys of a first tile at or above it: such a key is below
     // the k-th largest of this CTA's keys, hence below the k-th largest of the segment, so it
     // cannot win, and the first radix pass only needs exact counts at and above the bin of that
     // k-th largest key.  (Those bins are >= every CTA's floor bin, so they are counted in full; the
     // count total stays >= k whenever a floor is set, so `selected` = k as without the floor.)
-    // Trip counts and `floor` are uniform over the CTA, so count_first_digit_warp runs converged.
+    // The tile is the first 512 vectors when k is at most a quarter of their keys, else the first
+    // 2048 vectors when k is at most a quarter of those (no floor otherwise).  Trip counts and
+    // `floor` are uniform over the CTA, so the warps count converged.
     uint32_t floor = 0;
     if (reinterpret_cast<uintptr_t>(src) % 16 == 0) {
       // 16-byte loads, four in flight per thread.
@@ -80,11 +89,13 @@ struct RawLoader {
           for (int q = 0; q < kVec; ++q) {
             const uint32_t key = key_of(e[q]);
             if (ok) keys[i * kVec + q] = key;
-            if (floor == 0) count_first_digit_warp(hist, key, ok);
-            else if (ok && key >= floor) atomicAdd(&hist[key >> (32 - kDigitBits)], 1u);
+            count_kept_digit(hist, key, ok && key >= floor);
+          }
+          if (base == 0 && floor == 0 && (j == 0 || j == 3)) {  // vectors [0, (j + 1) * 512) are counted
+            const int tile_vectors = (j + 1) * kSelectThreads;
+            if (nv > tile_vectors && k * 4 <= int64_t(tile_vectors) * kVec) floor = tile_floor(hist, k);
           }
         }
-        if (base == 0 && nv > 4 * kSelectThreads) floor = tile_floor(hist, k);  // after the first tile
       }
       done = nv * kVec;
     }
@@ -93,8 +104,7 @@ struct RawLoader {
       const bool ok = i < len;
       const uint32_t key = ok ? key_of(src[i]) : 0u;
       if (ok) keys[i] = key;
-      if (floor == 0) count_first_digit_warp(hist, key, ok);
-      else if (ok && key >= floor) atomicAdd(&hist[key >> (32 - kDigitBits)], 1u);
+      count_kept_digit(hist, key, ok && key >= floor);
     }
   }
 };
