@@ -21,13 +21,15 @@ __device__ uint32_t tile_floor(const uint32_t* hist, int64_t k) {
   __shared__ typename Scan::TempStorage scan;
   __shared__ uint32_t s_floor;
   const int tid = threadIdx.x;
-  if (tid == 0) s_floor = 0;
-  __syncthreads();  // the tile's counts are complete
+  __syncthreads();  // the tile's counts are complete (and an earlier call's s_floor is read)
   const int first_bin = kBins - 4 - tid * 4;  // this thread's bins, descending as in select_kernel
   const uint4 four = reinterpret_cast<const uint4*>(hist)[first_bin / 4];
   const uint32_t cnt[4] = {four.w, four.z, four.y, four.x};
   uint32_t before, total;
   Scan(scan).ExclusiveSum(cnt[0] + cnt[1] + cnt[2] + cnt[3], before, total);
+  // Exactly one thread writes s_floor: thread 0 if the tile has fewer than k keys, else the
+  // thread holding the bin where the count from the top reaches k.
+  if (tid == 0 && int64_t(total) < k) s_floor = 0;
 #pragma unroll
   for (int j = 0; j < 4; ++j) {
     if (int64_t(before) < k && int64_t(before) + cnt[j] >= k) s_floor = uint32_t(kBins - 1 - (tid * 4 + j)) << (32 - kDigitBits);
