@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One device call: build and install with the CUDA backend, then the steps named in STEPS
-# (default: all but suite) -- probe (FFI error paths), tests (tests/test_cuda.py), suite (the
+# (default: all but suite and backtrace) -- probe (FFI error paths), backtrace (gdb at the CUDA
+# gather's error path), tests (tests/test_cuda.py), suite (the
 # whole test suite with JAX_PLATFORMS=cuda, 8 workers), bench
 # (bench/gpu_bench.py), profile (decode-step profile) and placement (planner reproduction with
 # measured GPU steps).  profile/placement need Flax: the device image has it; otherwise carry
@@ -27,9 +28,15 @@ if want probe; then
   echo "== FFI error-path probe"
   timeout 200 python3 "$repo/bench/ffi_error_probe/run_probe.py" "$out/probe_backtrace.txt"
 fi
+if want backtrace; then  # where the CUDA gather's out-of-range error path crashes
+  echo "== gather error path under gdb"
+  gdb=$(command -v gdb || command -v cuda-gdb)
+  timeout 90 "$gdb" -batch -ex run -ex "bt 40" --args python3 "$repo/tests/cuda_gather_error.py" >"$out/gather_bt.txt" 2>&1
+  grep -A25 "SIGSEGV" "$out/gather_bt.txt" | head -30
+fi
 if want tests; then
   echo "== tests"
-  timeout 300 python3 -m pytest "$repo/tests/test_cuda.py" -q -p no:cacheprovider "$@" 2>&1 | tee "$out/tests.log" | tail -25
+  timeout ${TESTS_TIMEOUT:-300} python3 -m pytest "$repo/tests/test_cuda.py" "$repo/tests/test_cuda_topk.py" -q -p no:cacheprovider "$@" 2>&1 | tee "$out/tests.log" | tail -25
 fi
 if want suite; then
   echo "== whole test suite, JAX_PLATFORMS=cuda"
@@ -37,7 +44,7 @@ if want suite; then
 fi
 if want bench; then
   echo "== benchmark"
-  python3 "$repo/bench/gpu_bench.py" ${BENCH_ARGS:-} --json "$out/bench.json" 2>&1 | tee "$out/bench.log" | grep -v "^  "
+  timeout ${BENCH_TIMEOUT:-400} python3 "$repo/bench/gpu_bench.py" ${BENCH_ARGS:-} --json "$out/bench.json" 2>&1 | tee "$out/bench.log" | grep -v "^  "
 fi
 if want profile || want placement; then
   if ! python3 -c "import flax.nnx" 2>/dev/null && [ -d "$repo/wheels" ]; then
@@ -52,6 +59,6 @@ if want profile; then
 fi
 if want placement; then
   echo "== placement reproduction with measured GPU steps"
-  JAX_PLATFORMS=cuda,cpu timeout 240 python3 "$repo/bench/placement_repro.py" \
+  JAX_PLATFORMS=cuda,cpu timeout ${PLACEMENT_TIMEOUT:-240} python3 "$repo/bench/placement_repro.py" ${PLACEMENT_ARGS:-} \
     --markdown "$out/placement_repro_gpu.md" --json "$out/placement_repro_gpu.json" 2>&1 | tail -16
 fi

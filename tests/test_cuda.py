@@ -3,6 +3,8 @@
 Run on a GPU machine with ``JAX_PLATFORMS=cuda python -m pytest tests/test_cuda.py -q``;
 skipped where JAX sees no CUDA device or the CUDA module was not built.
 """
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -21,7 +23,7 @@ except RuntimeError:
 if backends.module("cuda") is None:
     pytest.skip("jax_hetero was built without the CUDA backend", allow_module_level=True)
 
-from conftest import SPECIALS, topk_edge_rows  # noqa: E402
+from conftest import SPECIALS, child_env, topk_edge_rows  # noqa: E402
 
 DTYPES = [jnp.float32, jnp.bfloat16, jnp.float16]
 
@@ -161,26 +163,13 @@ def test_gather_vmap_broadcasts_table():
     np.testing.assert_array_equal(np.asarray(per), np.asarray(want))
 
 
-GATHER_ERROR_SCRIPT = """
-import jax, jax.numpy as jnp, jax_hetero as jh
-table = jnp.ones((10, 4))
-run = jax.jit(lambda i: jh.gather(table, i, backend="cuda"))
-for bad in ([1, 10], [-2, 0]):
-    try:
-        run(jnp.array(bad, jnp.int32)).block_until_ready()
-        raise SystemExit("no error for " + str(bad))
-    except JaxRuntimeError as err:
-        assert "gather" in str(err), err
-assert (run(jnp.array([-1, 9], jnp.int32)) == jnp.array([[0] * 4, [1] * 4])).all()
-print("ok")
-"""
-
-
 def test_gather_out_of_range_is_a_runtime_error():
     # In a child process: a crash on the error path must fail this test, not end the run.
     import subprocess
     import sys
-    done = subprocess.run([sys.executable, "-c", GATHER_ERROR_SCRIPT], capture_output=True, text=True, timeout=120)
+    script = os.path.join(os.path.dirname(__file__), "cuda_gather_error.py")
+    done = subprocess.run([sys.executable, script], capture_output=True, text=True, timeout=120,
+                          env=child_env(), cwd="/")
     assert done.returncode == 0 and done.stdout.strip().endswith("ok"), (done.returncode, done.stderr[-2000:])
 
 
