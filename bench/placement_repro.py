@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import sys
 
 import jax
@@ -41,7 +42,8 @@ def main(argv=None):
         parser.error(f"--recipes: {unknown} cannot be planned; valid choices: {', '.join(PLANNABLE)}")
     devices = available_devices()
     header = (f"{datetime.date.today().isoformat()}, jax {jax.__version__}, measured on {device_name()}; "
-              f"devices: " + ", ".join(f"{d.name} (backend {d.backend}, power {d.power_source})" for d in devices))
+              f"devices: " + ", ".join(f"{d.name} (backend {d.backend}, power {d.power_source})" for d in devices)
+              + f"; 1-min load average at start {os.getloadavg()[0]:.1f}")
     print(header, flush=True)
     rows, results = [], []
     for recipe in recipes:
