@@ -2,8 +2,8 @@
 // and element-type dispatch.
 #pragma once
 #include <cstdint>
-#include <sstream>
 #include <string>
+#include <type_traits>
 #include <utility>
 
 #include "common/float_bits.h"
@@ -12,22 +12,32 @@
 namespace jax_hetero {
 namespace ffi = xla::ffi;
 
+// Error text is built with std::string, never iostreams: nvcc-compiled translation units
+// instantiate their own ostream code, whose locale facet ids are hidden in the module and
+// never registered, so `stream << number` crashed the CUDA module (gdb: _M_insert<long>).
+inline void append_part(std::string& s, const char* x) { s += x; }
+inline void append_part(std::string& s, const std::string& x) { s += x; }
+inline void append_part(std::string& s, char x) { s += x; }
+template <class T, class = std::enable_if_t<std::is_arithmetic_v<T>>>
+void append_part(std::string& s, T x) { s += std::to_string(x); }
+
 template <class... Parts>
-ffi::Error op_error(const char* op, Parts&&... parts) {
-  std::ostringstream msg;
-  msg << op << ": ";
-  (msg << ... << parts);
-  return ffi::Error(ffi::ErrorCode::kInvalidArgument, msg.str());
+std::string message(const char* op, const Parts&... parts) {
+  std::string msg = std::string(op) + ": ";
+  (append_part(msg, parts), ...);
+  return msg;
+}
+
+template <class... Parts>
+ffi::Error op_error(const char* op, const Parts&... parts) {
+  return ffi::Error(ffi::ErrorCode::kInvalidArgument, message(op, parts...));
 }
 
 // For bad *data* found while running (an index out of range): kOutOfRange reaches Python as
 // jax.errors.JaxRuntimeError, whereas kInvalidArgument would surface as a plain ValueError.
 template <class... Parts>
-ffi::Error data_error(const char* op, Parts&&... parts) {
-  std::ostringstream msg;
-  msg << op << ": ";
-  (msg << ... << parts);
-  return ffi::Error(ffi::ErrorCode::kOutOfRange, msg.str());
+ffi::Error data_error(const char* op, const Parts&... parts) {
+  return ffi::Error(ffi::ErrorCode::kOutOfRange, message(op, parts...));
 }
 
 inline int64_t product(ffi::Span<const int64_t> dims, size_t begin, size_t end) {

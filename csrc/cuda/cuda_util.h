@@ -1,4 +1,4 @@
-// Helpers shared by the CUDA handlers: error checking that returns ffi::Error, the device
+// Helpers shared by the CUDA handlers: CUDA error checking that returns ffi::Error, the device
 // of XLA's stream, scratch allocation and the top-k key order on the device.
 #pragma once
 #include <cuda_bf16.h>
@@ -12,19 +12,6 @@
 #include "common/ffi_util.h"
 
 namespace jax_hetero {
-
-// Error text built with std::string (not iostreams) in the CUDA module.
-inline void append_part(std::string& s, const char* x) { s += x; }
-inline void append_part(std::string& s, const std::string& x) { s += x; }
-template <class T, class = std::enable_if_t<std::is_arithmetic_v<T>>>
-void append_part(std::string& s, T x) { s += std::to_string(x); }
-
-template <class... Parts>
-ffi::Error fail(const char* op, const Parts&... parts) {
-  std::string msg = std::string(op) + ": ";
-  (append_part(msg, parts), ...);
-  return ffi::Error(ffi::ErrorCode::kInvalidArgument, msg);
-}
 
 inline ffi::Error cuda_error(const char* op, cudaError_t err, const char* what) {
   return ffi::Error(ffi::ErrorCode::kInternal,
@@ -63,7 +50,7 @@ class ScratchArena {
     if (total_ == 0) return ffi::Error::Success();
     auto mem = scratch.Allocate(total_, 16);  // XLA accepts alignments up to 16; its blocks are 256-aligned
     if (!mem.has_value())
-      return fail(op, "could not allocate ", total_, " bytes of GPU scratch memory");
+      return op_error(op, "could not allocate ", total_, " bytes of GPU scratch memory");
     base_ = static_cast<char*>(*mem);
     return ffi::Error::Success();
   }

@@ -71,10 +71,10 @@ ffi::Error gather_cuda(cudaStream_t stream, ffi::ScratchAllocator scratch, ffi::
   auto tdims = table.dimensions();
   auto idims = indices.dimensions();
   if (tdims.size() < 2 || idims.size() < 1)
-    return fail(op, "expected table [..., m, F] and indices [..., R]");
+    return op_error(op, "expected table [..., m, F] and indices [..., R]");
   const size_t tb = tdims.size() - 2, ib = idims.size() - 1;
   if (tb > ib || ib > size_t(kMaxBatchDims))
-    return fail(op, "table has ", tb, " batch dimensions and indices ", ib, "; expected at most as many, <= ",
+    return op_error(op, "table has ", tb, " batch dimensions and indices ", ib, "; expected at most as many, <= ",
                     kMaxBatchDims);
   const int64_t m = tdims[tb], features = tdims[tb + 1], rows = idims[ib];
   const int64_t batches = product(idims, 0, ib);
@@ -86,18 +86,18 @@ ffi::Error gather_cuda(cudaStream_t stream, ffi::ScratchAllocator scratch, ffi::
     const int td = d - int(ib - tb);  // table dims align to the right
     const int64_t tsize = td >= 0 ? tdims[td] : 1;
     if (tsize != 1 && tsize != idims[d])
-      return fail(op, "table batch dimension ", tsize, " does not broadcast to indices' ", idims[d]);
+      return op_error(op, "table batch dimension ", tsize, " does not broadcast to indices' ", idims[d]);
     map.table_stride[d] = tsize == 1 ? 0 : stride;
     stride *= tsize;
   }
   const int64_t esize = int64_t(ffi::ByteWidth(table.element_type()));
   const int64_t row_bytes = features * esize;
   if (batches * rows == 0 || row_bytes == 0) return ffi::Error::Success();
-  if (m == 0) return fail(op, "table has no rows but indices are not empty");
+  if (m == 0) return op_error(op, "table has no rows but indices are not empty");
   DeviceInfo dev;
   JH_RETURN_IF_ERROR(device_info(op, stream, &dev));
   auto flag = scratch.Allocate(2 * sizeof(int), 16);
-  if (!flag.has_value()) return fail(op, "could not allocate GPU scratch memory");
+  if (!flag.has_value()) return op_error(op, "could not allocate GPU scratch memory");
   int* bad = static_cast<int*>(*flag);
   JH_CUDA_CHECK(op, cudaMemsetAsync(bad, 0, 2 * sizeof(int), stream));
   const void* src = table.untyped_data();

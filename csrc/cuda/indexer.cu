@@ -182,16 +182,16 @@ struct DsaArgs {
 template <class Buf>
 ffi::Error dsa_shapes(const char* op, const Buf& q, const Buf& keys, ffi::Buffer<ffi::F32>& weights,
                       ffi::Buffer<ffi::S32>& valid, DsaArgs* a) {
-  if (q.dimensions().size() < 2 || keys.dimensions().size() < 2) return fail(op, "q and memory need rank >= 2");
+  if (q.dimensions().size() < 2 || keys.dimensions().size() < 2) return op_error(op, "q and memory need rank >= 2");
   a->h = int(dim_from_end(q, 1));
   a->di = int(dim_from_end(q, 0));
   a->rows = leading_size(q, 2);
   a->n = dim_from_end(keys, 1);
   if (dim_from_end(keys, 0) != a->di || leading_size(keys, 2) != a->rows)
-    return fail(op, "memory must be [rows, n, di] matching q's rows and di");
-  if (weights.element_count() != size_t(a->rows) * a->h) return fail(op, "weights must be [rows, h]");
-  if (valid.element_count() != size_t(a->rows)) return fail(op, "lengths must have one entry per row");
-  if (q.element_type() != keys.element_type()) return fail(op, "q and memory must share a dtype");
+    return op_error(op, "memory must be [rows, n, di] matching q's rows and di");
+  if (weights.element_count() != size_t(a->rows) * a->h) return op_error(op, "weights must be [rows, h]");
+  if (valid.element_count() != size_t(a->rows)) return op_error(op, "lengths must have one entry per row");
+  if (q.element_type() != keys.element_type()) return op_error(op, "q and memory must share a dtype");
   return ffi::Error::Success();
 }
 
@@ -212,7 +212,7 @@ ffi::Error relevancy_dsa_cuda(cudaStream_t stream, ffi::AnyBuffer q, ffi::AnyBuf
     using T = decltype(tag);
     const DsaScorer<T> scorer = make_scorer<T>(q, keys, weights, a);
     const size_t smem = scorer.extra_bytes();
-    if (smem > 200 * 1024) return fail(op, "h*di=", a.h * a.di, " is too large for the CUDA scorer");
+    if (smem > 200 * 1024) return op_error(op, "h*di=", a.h * a.di, " is too large for the CUDA scorer");
     auto kernel = dsa_scores_kernel<T>;
     JH_CUDA_CHECK(op, cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
     const dim3 grid(unsigned((a.n + kIndexerCapacity - 1) / kIndexerCapacity), unsigned(a.rows));
@@ -229,15 +229,15 @@ ffi::Error indexer_dsa_cuda(cudaStream_t stream, ffi::ScratchAllocator scratch, 
   const char* op = "indexer";
   DsaArgs a;
   JH_RETURN_IF_ERROR(dsa_shapes(op, q, keys, weights, valid, &a));
-  if (k < 1 || k > a.n) return fail(op, "k=", k, " must satisfy 1 <= k <= n=", a.n);
-  if (k > kSortCap) return fail(op, "k=", k, " > ", kSortCap, " is not supported by the CUDA indexer");
+  if (k < 1 || k > a.n) return op_error(op, "k=", k, " must satisfy 1 <= k <= n=", a.n);
+  if (k > kSortCap) return op_error(op, "k=", k, " > ", kSortCap, " is not supported by the CUDA indexer");
   if (a.rows == 0) return ffi::Error::Success();
   DeviceInfo dev;
   JH_RETURN_IF_ERROR(device_info(op, stream, &dev));
   return dispatch_float(op, "q", q.element_type(), [&](auto tag) -> ffi::Error {
     using T = decltype(tag);
     const DsaLoader<T> loader{make_scorer<T>(q, keys, weights, a), valid.typed_data()};
-    if (loader.extra_bytes() > 100 * 1024) return fail(op, "h*di=", a.h * a.di, " is too large for the CUDA indexer");
+    if (loader.extra_bytes() > 100 * 1024) return op_error(op, "h*di=", a.h * a.di, " is too large for the CUDA indexer");
     SelectParams p{};
     p.k = k;
     p.key_low_bit = 0;

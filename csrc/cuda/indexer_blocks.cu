@@ -150,25 +150,25 @@ bool same_dims(const ffi::AnyBuffer& a, const ffi::AnyBuffer& b) {
 // q [B, hq, d], memory [B, nb, hkv, d] (and max of the same shape for quest), valid [B].
 ffi::Error block_shapes(const char* op, const ffi::AnyBuffer& q, const ffi::AnyBuffer& lo, const ffi::AnyBuffer* hi,
                         const ffi::Buffer<ffi::S32>& valid, BlockArgs* a) {
-  if (q.dimensions().size() < 2) return fail(op, "q has rank ", q.dimensions().size(), ", expected at least 2");
+  if (q.dimensions().size() < 2) return op_error(op, "q has rank ", q.dimensions().size(), ", expected at least 2");
   if (lo.dimensions().size() < 3)
-    return fail(op, "memory has rank ", lo.dimensions().size(), ", expected at least 3");
+    return op_error(op, "memory has rank ", lo.dimensions().size(), ", expected at least 3");
   if (q.element_type() != lo.element_type() || (hi && hi->element_type() != q.element_type()))
-    return fail(op, "q and memory must share a dtype");
-  if (hi && !same_dims(lo, *hi)) return fail(op, "memory[1] (max) must have the shape of memory[0] (min)");
+    return op_error(op, "q and memory must share a dtype");
+  if (hi && !same_dims(lo, *hi)) return op_error(op, "memory[1] (max) must have the shape of memory[0] (min)");
   const int64_t batch = leading_size(q, 2), hq = dim_from_end(q, 1), d = dim_from_end(q, 0);
   const int64_t hkv = dim_from_end(lo, 1), nb = dim_from_end(lo, 2);
-  if (leading_size(lo, 3) != batch) return fail(op, "memory has ", leading_size(lo, 3), " batch rows, q has ", batch);
+  if (leading_size(lo, 3) != batch) return op_error(op, "memory has ", leading_size(lo, 3), " batch rows, q has ", batch);
   if (int64_t(valid.element_count()) != batch)
-    return fail(op, "valid counts have ", valid.element_count(), " entries, expected ", batch);
-  if (dim_from_end(lo, 0) != d) return fail(op, "memory feature dim ", dim_from_end(lo, 0), " differs from q's ", d);
+    return op_error(op, "valid counts have ", valid.element_count(), " entries, expected ", batch);
+  if (dim_from_end(lo, 0) != d) return op_error(op, "memory feature dim ", dim_from_end(lo, 0), " differs from q's ", d);
   if (hkv < 1 || hq % hkv != 0)
-    return fail(op, "query heads hq=", hq, " must be a multiple of the KV heads hkv=", hkv);
-  if (nb > INT32_MAX) return fail(op, "more than 2^31-1 memory entries are not supported");
-  if (hq > INT32_MAX || d > INT32_MAX) return fail(op, "q of shape [..., ", hq, ", ", d, "] is too large");
+    return op_error(op, "query heads hq=", hq, " must be a multiple of the KV heads hkv=", hkv);
+  if (nb > INT32_MAX) return op_error(op, "more than 2^31-1 memory entries are not supported");
+  if (hq > INT32_MAX || d > INT32_MAX) return op_error(op, "q of shape [..., ", hq, ", ", d, "] is too large");
   const int64_t query_floats = hi ? hq / hkv * d : d;  // quest stages the group's heads
   if (size_t(query_floats) * 4 > kMaxQueryBytes)
-    return fail(op, "the query of one KV head (", query_floats, " floats) is too large for the CUDA scorer");
+    return op_error(op, "the query of one KV head (", query_floats, " floats) is too large for the CUDA scorer");
   a->batch = batch;
   a->nb = nb;
   a->hq = int(hq);
@@ -194,10 +194,10 @@ ffi::Error block_relevancy(cudaStream_t stream, const ffi::AnyBuffer& q, const f
   BlockArgs a;
   JH_RETURN_IF_ERROR(block_shapes(op, q, lo, hi, valid, &a));
   if (int64_t(scores->element_count()) != a.rows() * a.nb)
-    return fail(op, "scores have ", scores->element_count(), " elements, expected ", a.rows() * a.nb);
+    return op_error(op, "scores have ", scores->element_count(), " elements, expected ", a.rows() * a.nb);
   if (a.rows() == 0 || a.nb == 0) return ffi::Error::Success();
   const int64_t chunks = (a.nb + kBlockCapacity - 1) / kBlockCapacity;
-  if (a.rows() * chunks > INT32_MAX) return fail(op, "too many rows x blocks for one CUDA launch");
+  if (a.rows() * chunks > INT32_MAX) return op_error(op, "too many rows x blocks for one CUDA launch");
   return dispatch_float(op, "q", q.element_type(), [&](auto tag) -> ffi::Error {
     using T = decltype(tag);
     const BlockScorer<T, kQuest> scorer = make_scorer<T, kQuest>(q, lo, hi, valid, a);
@@ -218,11 +218,11 @@ ffi::Error block_indexer(cudaStream_t stream, ffi::ScratchAllocator& scratch, co
   const char* op = "indexer";
   BlockArgs a;
   JH_RETURN_IF_ERROR(block_shapes(op, q, lo, hi, valid, &a));
-  if (k < 1 || k > a.nb) return fail(op, "k=", k, " must satisfy 1 <= k <= ", a.nb, " (memory entries)");
-  if (k > kSortCap) return fail(op, "k=", k, " > ", kSortCap, " is not supported by the CUDA indexer");
+  if (k < 1 || k > a.nb) return op_error(op, "k=", k, " must satisfy 1 <= k <= ", a.nb, " (memory entries)");
+  if (k > kSortCap) return op_error(op, "k=", k, " > ", kSortCap, " is not supported by the CUDA indexer");
   const int64_t rows = a.rows();
   if (int64_t(values->element_count()) != rows * k || int64_t(indices->element_count()) != rows * k)
-    return fail(op, "outputs must hold ", rows, " rows of k=", k, " entries");
+    return op_error(op, "outputs must hold ", rows, " rows of k=", k, " entries");
   if (rows == 0) return ffi::Error::Success();
   DeviceInfo dev;
   JH_RETURN_IF_ERROR(device_info(op, stream, &dev));
@@ -237,7 +237,7 @@ ffi::Error block_indexer(cudaStream_t stream, ffi::ScratchAllocator& scratch, co
     int32_t* expanded = arena.take<int32_t>(size_t(rows) * 4);
     const int threads = 256;
     const int64_t blocks = (rows + threads - 1) / threads;
-    if (blocks > INT32_MAX) return fail(op, "too many rows for one CUDA launch");
+    if (blocks > INT32_MAX) return op_error(op, "too many rows for one CUDA launch");
     expand_valid_kernel<<<unsigned(blocks), threads, 0, stream>>>(valid.typed_data(), rows, a.hkv, expanded);
     JH_CUDA_CHECK(op, cudaGetLastError());
     row_valid = expanded;

@@ -515,7 +515,7 @@ ffi::Error run_select_levels(const char* op, cudaStream_t stream, ffi::ScratchAl
   int levels = 0;
   int64_t entries = n;
   for (;;) {
-    if (levels == kMaxLevels) return fail(op, "rows of ", n, " entries need too many selection levels");
+    if (levels == kMaxLevels) return op_error(op, "rows of ", n, " entries need too many selection levels");
     const bool head = levels == 0;
     plans[levels] = plan_level(rows, entries, head ? first_capacity : kPairCapacity,
                                head ? first_cluster : pair_cluster[d], dev.sms);

@@ -214,7 +214,7 @@ ffi::Error run_attention(cudaStream_t stream, ffi::ScratchAllocator& scratch, co
   p.splits = int(std::max<int64_t>(1, std::min<int64_t>({want, most, int64_t(p.kb)})));
   p.slots_per_split = (p.kb + p.splits - 1) / p.splits;
   p.splits = (p.kb + p.slots_per_split - 1) / p.slots_per_split;
-  if (p.slots_per_split > kMaxSlots) return fail(op, "more than ", kMaxSlots, " slots per split");
+  if (p.slots_per_split > kMaxSlots) return op_error(op, "more than ", kMaxSlots, " slots per split");
   ScratchArena arena;
   const size_t partial_bytes = size_t(rows) * p.hq * p.splits * (p.d + 2) * 4;
   if (p.splits > 1) arena.reserve(partial_bytes);
@@ -622,7 +622,7 @@ ffi::Error run_attention_mma(cudaStream_t stream, ffi::ScratchAllocator& scratch
   const int64_t pairs = rows * p.hkv;
   const int64_t total = int64_t(p.kb) * p.block_size;
   choose_splits(pairs, total, int64_t(occupancy) * dev.sms, &p.splits, &p.split_tokens);
-  if (pairs * p.splits > INT_MAX) return fail(op, "too many (sequence, KV head, split) blocks: ", pairs * p.splits);
+  if (pairs * p.splits > INT_MAX) return op_error(op, "too many (sequence, KV head, split) blocks: ", pairs * p.splits);
   ScratchArena arena;
   const size_t partial_bytes = size_t(rows) * p.hq * p.splits * (D + 2) * 4;
   if (p.splits > 1) arena.reserve(partial_bytes);
@@ -653,7 +653,7 @@ ffi::Error sparse_attention_cuda(cudaStream_t stream, ffi::ScratchAllocator scra
                                  int64_t block_size, float scale) {
   const char* op = "sparse_attention";
   if (q.dimensions().size() < 2 || k.dimensions().size() < 3 || block_indices.dimensions().size() < 2)
-    return fail(op, "expected q [b, hq, d], k/v [b, n, hkv, d], block_indices [b, hkv, kb]");
+    return op_error(op, "expected q [b, hq, d], k/v [b, n, hkv, d], block_indices [b, hkv, kb]");
   const int64_t rows = leading_size(q, 2);
   AttnParams p{};
   p.hq = int(dim_from_end(q, 1));
@@ -663,19 +663,19 @@ ffi::Error sparse_attention_cuda(cudaStream_t stream, ffi::ScratchAllocator scra
   p.kb = int(dim_from_end(block_indices, 0));
   p.block_size = int(block_size);
   if (dim_from_end(k, 0) != p.d || leading_size(k, 3) != rows || k.element_count() != v.element_count())
-    return fail(op, "k and v must be [b, n, hkv, d] with q's batch and head dim");
-  if (p.hkv < 1 || p.hq % p.hkv) return fail(op, "hq=", p.hq, " must be a multiple of hkv=", p.hkv);
+    return op_error(op, "k and v must be [b, n, hkv, d] with q's batch and head dim");
+  if (p.hkv < 1 || p.hq % p.hkv) return op_error(op, "hq=", p.hq, " must be a multiple of hkv=", p.hkv);
   p.group = p.hq / p.hkv;
-  if (p.group > kMaxGroup) return fail(op, "at most ", kMaxGroup, " query heads per KV head, got ", p.group);
+  if (p.group > kMaxGroup) return op_error(op, "at most ", kMaxGroup, " query heads per KV head, got ", p.group);
   if (dim_from_end(block_indices, 1) != p.hkv || leading_size(block_indices, 2) != rows)
-    return fail(op, "block_indices must be [b, hkv, kb]");
-  if (lengths.element_count() != size_t(rows)) return fail(op, "lengths must have one entry per sequence");
-  if (block_size < 1) return fail(op, "block_size must be >= 1");
+    return op_error(op, "block_indices must be [b, hkv, kb]");
+  if (lengths.element_count() != size_t(rows)) return op_error(op, "lengths must have one entry per sequence");
+  if (block_size < 1) return op_error(op, "block_size must be >= 1");
   if (q.element_type() != k.element_type() || q.element_type() != v.element_type())
-    return fail(op, "q, k and v must share a dtype");
+    return op_error(op, "q, k and v must share a dtype");
   if (rows == 0 || p.hq == 0) return ffi::Error::Success();
   if (p.d != 32 && p.d != 64 && p.d != 128 && p.d != 256)
-    return fail(op, "head dim d=", p.d, " is not supported by the CUDA kernel (32, 64, 128 or 256)");
+    return op_error(op, "head dim d=", p.d, " is not supported by the CUDA kernel (32, 64, 128 or 256)");
   p.scale_log2 = scale * 1.4426950408889634f;
   DeviceInfo dev;
   JH_RETURN_IF_ERROR(device_info(op, stream, &dev));

@@ -299,7 +299,7 @@ ffi::Error run_backward(cudaStream_t stream, ffi::ScratchAllocator& scratch, con
   p.slots_per_split = (p.kb + p.splits - 1) / p.splits;
   p.splits = (p.kb + p.slots_per_split - 1) / p.slots_per_split;
   const int64_t ctas = pairs * p.splits;
-  if (ctas > 0x7fffffff) return fail(kBwdOp, "too many (sequence, KV head) pairs for one grid: ", pairs);
+  if (ctas > 0x7fffffff) return op_error(kBwdOp, "too many (sequence, KV head) pairs for one grid: ", pairs);
 
   const size_t heads_bytes = size_t(p.group) * p.d * sizeof(float);
   const size_t stats_smem = 2 * heads_bytes + size_t(3) * kBwdWarps * p.group * sizeof(float);
@@ -307,7 +307,7 @@ ffi::Error run_backward(cudaStream_t stream, ffi::ScratchAllocator& scratch, con
   int smem_limit = 0;
   JH_CUDA_CHECK(kBwdOp, cudaDeviceGetAttribute(&smem_limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev.device));
   if (std::max(stats_smem, grads_smem) > size_t(smem_limit))
-    return fail(kBwdOp, "group of ", p.group, " query heads x head dim ", p.d, " needs ",
+    return op_error(kBwdOp, "group of ", p.group, " query heads x head dim ", p.d, " needs ",
                 std::max(stats_smem, grads_smem), " bytes of shared memory, more than the device's ", smem_limit);
 
   ScratchArena arena;
@@ -367,36 +367,36 @@ ffi::Error sparse_attention_bwd_cuda(cudaStream_t stream, ffi::ScratchAllocator 
   // The checks of the CPU backward (cpu/attention_args.h) that need no host copy of the
   // indices; indices outside [-1, blocks) are skipped here, as in the CUDA forward.
   if (q.dimensions().size() < 2 || k.dimensions().size() < 3 || block_indices.dimensions().size() < 2)
-    return fail(kBwdOp, "expected q [..., hq, d], k/v [..., n, hkv, d] and block_indices [..., hkv, kb]");
+    return op_error(kBwdOp, "expected q [..., hq, d], k/v [..., n, hkv, d] and block_indices [..., hkv, kb]");
   BwdParams p{};
   p.rows = leading_size(q, 2);
   const int64_t hq = dim_from_end(q, 1), d = dim_from_end(q, 0), hkv = dim_from_end(k, 1);
   const int64_t kb = dim_from_end(block_indices, 0);
   p.n = dim_from_end(k, 2);
-  if (block_size < 1) return fail(kBwdOp, "block_size=", block_size, " must be >= 1");
-  if (block_size > 0x7fffffff) return fail(kBwdOp, "block_size=", block_size, " is too large");
+  if (block_size < 1) return op_error(kBwdOp, "block_size=", block_size, " must be >= 1");
+  if (block_size > 0x7fffffff) return op_error(kBwdOp, "block_size=", block_size, " is too large");
   if (dim_from_end(k, 0) != d || leading_size(k, 3) != p.rows)
-    return fail(kBwdOp, "k must be [..., n, hkv, d] with q's batch and head dim d=", d);
-  if (!bwd_same_shape(v, k)) return fail(kBwdOp, "v must have the shape of k");
+    return op_error(kBwdOp, "k must be [..., n, hkv, d] with q's batch and head dim d=", d);
+  if (!bwd_same_shape(v, k)) return op_error(kBwdOp, "v must have the shape of k");
   if (hkv < 1 || hq % hkv != 0)
-    return fail(kBwdOp, "query heads hq=", hq, " must be a multiple of the KV heads hkv=", hkv);
+    return op_error(kBwdOp, "query heads hq=", hq, " must be a multiple of the KV heads hkv=", hkv);
   if (dim_from_end(block_indices, 1) != hkv || leading_size(block_indices, 2) != p.rows)
-    return fail(kBwdOp, "block_indices must be [..., hkv, kb] with hkv=", hkv);
+    return op_error(kBwdOp, "block_indices must be [..., hkv, kb] with hkv=", hkv);
   if (lengths.element_count() != size_t(p.rows))
-    return fail(kBwdOp, "lengths has ", lengths.element_count(), " entries, expected ", p.rows);
+    return op_error(kBwdOp, "lengths has ", lengths.element_count(), " entries, expected ", p.rows);
   const ffi::DataType type = q.element_type();
   if (k.element_type() != type || v.element_type() != type)
-    return fail(kBwdOp, "q, k and v must share a dtype, got ", dtype_name(type), ", ", dtype_name(k.element_type()),
+    return op_error(kBwdOp, "q, k and v must share a dtype, got ", dtype_name(type), ", ", dtype_name(k.element_type()),
                 ", ", dtype_name(v.element_type()));
-  if (!bwd_same_shape(g, q) || g.element_type() != type) return fail(kBwdOp, "g must have q's shape and dtype");
+  if (!bwd_same_shape(g, q) || g.element_type() != type) return op_error(kBwdOp, "g must have q's shape and dtype");
   if (!bwd_same_shape(*dq, q) || !bwd_same_shape(*dk, k) || !bwd_same_shape(*dv, k) || dq->element_type() != type ||
       dk->element_type() != type || dv->element_type() != type)
-    return fail(kBwdOp, "dq must have the shape and dtype of q, dk and dv those of k");
+    return op_error(kBwdOp, "dq must have the shape and dtype of q, dk and dv those of k");
   if (type != ffi::DataType::F32 && type != ffi::DataType::BF16 && type != ffi::DataType::F16)
-    return fail(kBwdOp, "q must be float32, bfloat16 or float16, got ", dtype_name(type));
+    return op_error(kBwdOp, "q must be float32, bfloat16 or float16, got ", dtype_name(type));
   if (d > 32 * kBwdMaxLanes)
-    return fail(kBwdOp, "head dim d=", d, " is not supported by the CUDA kernel (at most ", 32 * kBwdMaxLanes, ")");
-  if (kb > 0x7fffffff || hq > 0x7fffffff) return fail(kBwdOp, "too many slots or heads");
+    return op_error(kBwdOp, "head dim d=", d, " is not supported by the CUDA kernel (at most ", 32 * kBwdMaxLanes, ")");
+  if (kb > 0x7fffffff || hq > 0x7fffffff) return op_error(kBwdOp, "too many slots or heads");
   p.hq = int(hq);
   p.hkv = int(hkv);
   p.d = int(d);

@@ -149,7 +149,7 @@ ffi::Error topk_full_sort(cudaStream_t stream, ffi::ScratchAllocator& scratch, c
                           const int32_t* lengths, int64_t rows, int64_t n, int64_t k, T* values,
                           int32_t* indices, uint32_t neg_inf_bits, const DeviceInfo& dev) {
   const char* op = "topk";
-  if (rows * n > INT32_MAX) return fail(op, "k=", k, " > ", kSortCap, " needs rows*n < 2^31");
+  if (rows * n > INT32_MAX) return op_error(op, "k=", k, " > ", kSortCap, " needs rows*n < 2^31");
   const int total = int(rows * n);
   const int low_bit = sizeof(T) == 2 ? 16 : 0;
   size_t temp_bytes = 0;
@@ -212,10 +212,10 @@ ffi::Error topk_cuda(cudaStream_t stream, ffi::ScratchAllocator scratch, ffi::An
   const char* op = "topk";
   const int64_t n = dim_from_end(scores, 0);
   const int64_t rows = leading_size(scores, 1);
-  if (k < 1 || k > n) return fail(op, "k=", k, " must satisfy 1 <= k <= n=", n);
+  if (k < 1 || k > n) return op_error(op, "k=", k, " must satisfy 1 <= k <= n=", n);
   if (lengths.element_count() != size_t(rows))
-    return fail(op, "lengths has ", lengths.element_count(), " entries, expected ", rows);
-  if (n > INT32_MAX) return fail(op, "rows longer than 2^31-1 entries are not supported");
+    return op_error(op, "lengths has ", lengths.element_count(), " entries, expected ", rows);
+  if (n > INT32_MAX) return op_error(op, "rows longer than 2^31-1 entries are not supported");
   if (rows == 0) return ffi::Error::Success();
   DeviceInfo dev;
   JH_RETURN_IF_ERROR(device_info(op, stream, &dev));
