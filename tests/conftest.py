@@ -17,6 +17,34 @@ settings.register_profile("ci", max_examples=25, deadline=None, derandomize=Fals
 settings.load_profile("ci")
 
 
+# On a GPU, XLA runs float32 matmuls of the jnp reference in TF32 by default; the
+# references are the specification, so they run at full precision here.
+if jax.default_backend() != "cpu":
+    jax.config.update("jax_default_matmul_precision", "highest")
+
+
+def has_cpu_platform() -> bool:
+    try:
+        jax.devices("cpu")
+        return True
+    except RuntimeError:
+        return False
+
+
+needs_cpu_platform = pytest.mark.skipif(not has_cpu_platform(),
+                                        reason="needs JAX's CPU platform (JAX_PLATFORMS excludes it)")
+
+
+@pytest.fixture(scope="module")
+def cpu_default_device():
+    """Run a module's tests on the CPU device: the CPU backend's handlers run only in
+    computations placed there, and on a GPU machine the default device is the GPU."""
+    if not has_cpu_platform():
+        pytest.skip("needs JAX's CPU platform (JAX_PLATFORMS excludes it)")
+    with jax.default_device(jax.devices("cpu")[0]):
+        yield
+
+
 if backends.module("cpu") is None:
     raise RuntimeError("jax_hetero was imported from a tree without its compiled CPU backend "
                        f"({jh.__file__}); install it with `pip install .` (or .ci/dev_build.sh)")

@@ -18,7 +18,7 @@ from jax_hetero import backends
 from jax_hetero._compat import RUNTIME_ERRORS, JaxRuntimeError
 from conftest import child_env, random_array
 
-pytestmark = pytest.mark.skipif(backends.module("cpu") is None, reason="no CPU backend")
+pytestmark = [pytest.mark.skipif(backends.module("cpu") is None, reason="no CPU backend"), pytest.mark.usefixtures("cpu_default_device")]
 
 DTYPES = [jnp.float32, jnp.bfloat16, jnp.float16]
 KINDS = ["dot", "quest", "dsa"]

@@ -15,8 +15,8 @@ from jax.test_util import check_grads
 import jax_hetero as jh
 from jax_hetero import backends
 
-pytestmark = pytest.mark.skipif(not backends.has("sparse_attention", "cpu"),
-                                reason="CPU backend not compiled")
+pytestmark = [pytest.mark.skipif(not backends.has("sparse_attention", "cpu"), reason="CPU backend not compiled"),
+              pytest.mark.usefixtures("cpu_default_device")]
 
 DTYPES = [jnp.float32, jnp.bfloat16, jnp.float16]
 TOL = {jnp.float32: 2e-5, jnp.bfloat16: 2e-2, jnp.float16: 2e-3}

@@ -11,7 +11,7 @@ import pytest
 import jax_hetero as jh
 from jax_hetero import backends
 
-pytestmark = pytest.mark.skipif(not backends.has("topk", "cpu"), reason="CPU backend not compiled")
+pytestmark = [pytest.mark.skipif(not backends.has("topk", "cpu"), reason="CPU backend not compiled"), pytest.mark.usefixtures("cpu_default_device")]
 
 DTYPES = [jnp.float32, jnp.bfloat16, jnp.float16]
 # 1 row of 2**17 is split into chunks (one per thread); 3 rows of 5000 are not.

@@ -9,9 +9,11 @@ from jax.test_util import check_grads
 
 import jax_hetero as jh
 from jax_hetero._compat import shard_map
-from conftest import COMPILED, random_array
+from conftest import COMPILED, needs_cpu_platform, random_array
 
 BACKENDS = ["xla", *COMPILED]
+# The shard_map tests shard over eight forced *CPU* devices, so they test the CPU backend.
+HOST_BACKENDS = ["xla", "cpu"]
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -94,7 +96,8 @@ def _sharded_run(fn, args, specs, out_specs):
     return mapped(*args)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@needs_cpu_platform
+@pytest.mark.parametrize("backend", HOST_BACKENDS)
 def test_shard_map_topk_and_attention(backend, rng):
     b, hq, hkv, d, n, block = 8, 4, 2, 8, 64, 8
     with jax.default_device(jax.devices("cpu")[0]):
@@ -111,7 +114,8 @@ def test_shard_map_topk_and_attention(backend, rng):
     np.testing.assert_allclose(np.asarray(out), np.asarray(jax.jit(step)(q, k, v, lengths)), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@needs_cpu_platform
+@pytest.mark.parametrize("backend", HOST_BACKENDS)
 def test_shard_map_gather_and_topk(backend, rng):
     with jax.default_device(jax.devices("cpu")[0]):
         scores = random_array(rng, (8, 100))

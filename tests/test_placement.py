@@ -9,6 +9,9 @@ from jax_hetero.fpga import timing_model
 from jax_hetero.placement import Device, cpu_device, fpga_device, plan_placement, transfer_seconds
 from jax_hetero.placement.workloads import attention_workload
 from jax_hetero.profile import PROFILE_CONFIG
+from conftest import needs_cpu_platform
+
+pytestmark = needs_cpu_platform  # the planner measures and plans with the CPU as one device
 
 CONTEXT = 16384
 
