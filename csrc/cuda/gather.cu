@@ -108,12 +108,12 @@ ffi::Error gather_cuda(cudaStream_t stream, ffi::ScratchAllocator scratch, ffi::
   else if (row_bytes % 4 == 0) launched = launch_gather<uint32_t>(stream, src, indices.typed_data(), dst, map, batches, rows, m, row_bytes, dev.sms, bad);
   else launched = launch_gather<uint16_t>(stream, src, indices.typed_data(), dst, map, batches, rows, m, row_bytes, dev.sms, bad);
   JH_RETURN_IF_ERROR(launched);
-  int host_flag[2] = {0, 0};
-  JH_CUDA_CHECK(op, cudaMemcpyAsync(host_flag, bad, sizeof(host_flag), cudaMemcpyDeviceToHost, stream));
-  JH_CUDA_CHECK(op, cudaStreamSynchronize(stream));
-  if (host_flag[0])
-    return data_error(op, "indices contains ", host_flag[1], ", outside [0, ", m, ") (table has ", m,
-                    " rows); use -1 for an unused slot");
+  bool found = false;
+  int value = 0;
+  JH_RETURN_IF_ERROR(read_index_check(op, stream, bad, &found, &value));
+  if (found)
+    return data_error(op, "indices contains ", value, ", outside [0, ", m, ") (table has ", m,
+                      " rows); use -1 for an unused slot");
   return ffi::Error::Success();
 }
 

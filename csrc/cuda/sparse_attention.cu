@@ -685,7 +685,12 @@ ffi::Error sparse_attention_cuda(cudaStream_t stream, ffi::ScratchAllocator scra
   }
   const bool mma_shape = (p.d == 64 || p.d == 128) && block_size <= (int64_t(1) << 30) && p.n <= INT_MAX &&
                          mma_kernel_allowed();
-  return dispatch_float(op, "q", q.element_type(), [&](auto tag) -> ffi::Error {
+  // Both kernels skip blocks outside [0, nb); the check turns them into an error.
+  const int64_t nb = (p.n + block_size - 1) / block_size;
+  int* index_flag = nullptr;
+  JH_RETURN_IF_ERROR(queue_index_check(op, stream, scratch, block_indices.typed_data(),
+                                       int64_t(block_indices.element_count()), nb, dev.sms, &index_flag));
+  JH_RETURN_IF_ERROR(dispatch_float(op, "q", q.element_type(), [&](auto tag) -> ffi::Error {
     using T = decltype(tag);
     if constexpr (!std::is_same_v<T, float>) {
       if (mma_shape) {
@@ -709,7 +714,14 @@ ffi::Error sparse_attention_cuda(cudaStream_t stream, ffi::ScratchAllocator scra
       case 4: return go(std::integral_constant<int, 4>{});
       default: return go(std::integral_constant<int, 8>{});
     }
-  });
+  }));
+  bool bad = false;
+  int value = 0;
+  JH_RETURN_IF_ERROR(read_index_check(op, stream, index_flag, &bad, &value));
+  if (bad)
+    return data_error(op, "block_indices contains ", value, ", outside [0, ", nb, ") (k has ", nb, " blocks of ",
+                      block_size, " tokens); use -1 for an unused slot");
+  return ffi::Error::Success();
 }
 
 }  // namespace

@@ -365,7 +365,7 @@ ffi::Error sparse_attention_bwd_cuda(cudaStream_t stream, ffi::ScratchAllocator 
                                      ffi::Result<ffi::AnyBuffer> dk, ffi::Result<ffi::AnyBuffer> dv,
                                      int64_t block_size, float scale) {
   // The checks of the CPU backward (cpu/attention_args.h) that need no host copy of the
-  // indices; indices outside [-1, blocks) are skipped here, as in the CUDA forward.
+  // indices; indices outside [-1, blocks) are skipped here (the forward reports them).
   if (q.dimensions().size() < 2 || k.dimensions().size() < 3 || block_indices.dimensions().size() < 2)
     return op_error(kBwdOp, "expected q [..., hq, d], k/v [..., n, hkv, d] and block_indices [..., hkv, kb]");
   BwdParams p{};
