@@ -56,19 +56,25 @@ def main(argv=None):
             unit = " words" if p.recipe == "rag" else ""
             rows.append(f"| {p.label} | {context:,}{unit} | {offloaded} | {p.baseline_seconds * 1e3:.2f} | "
                         f"{p.total_seconds * 1e3:.2f} | {p.speedup:.2f}x | {p.energy_ratio:.2f}x |")
-    table = "\n".join([
-        f"| recipe | context | steps moved off the {results[0]['model_device']} | all on "
-        f"{results[0]['model_device']} ms | planned ms | speed-up | energy ratio |",
-        "|---|---|---|---|---|---|---|", *rows])
-    print(table)
+            print(rows[-1], flush=True)
+            write(args, header, rows, results)  # after every row: a run cut short keeps its rows
+    print(table(rows, results))
+
+
+def table(rows, results):
+    device = results[0]["model_device"]
+    return "\n".join([f"| recipe | context | steps moved off the {device} | all on {device} ms | planned ms | "
+                      "speed-up | energy ratio |", "|---|---|---|---|---|---|---|", *rows])
+
+
+def write(args, header, rows, results):
     if args.markdown:
         with open(args.markdown, "w") as f:
             f.write(f"Measured + modelled: {header}\n\nCommand: `python bench/placement_repro.py "
-                    f"--contexts {args.contexts} --recipes {args.recipes}`\n\n{table}\n")
+                    f"--contexts {args.contexts} --recipes {args.recipes}`\n\n{table(rows, results)}\n")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)
-
 
 if __name__ == "__main__":
     main()
