@@ -35,6 +35,16 @@ needs_cpu_platform = pytest.mark.skipif(not has_cpu_platform(),
                                         reason="needs JAX's CPU platform (JAX_PLATFORMS excludes it)")
 
 
+def skip_module_without_cuda():
+    """Skip the calling test module unless JAX sees a GPU and the CUDA backend is built."""
+    try:
+        jax.devices("gpu")
+    except RuntimeError:
+        pytest.skip("no CUDA device visible to JAX", allow_module_level=True)
+    if backends.module("cuda") is None:
+        pytest.skip("jax_hetero was built without the CUDA backend", allow_module_level=True)
+
+
 @pytest.fixture(scope="module")
 def cpu_default_device():
     """Run a module's tests on the CPU device: the CPU backend's handlers run only in

@@ -15,15 +15,9 @@ import jax_hetero as jh
 from jax_hetero import backends
 from jax_hetero.ops.gather import gather_reference
 from jax_hetero.ops.sparse_attention import selected_token_mask, sparse_attention_reference
+from conftest import SPECIALS, child_env, skip_module_without_cuda, topk_edge_rows
 
-try:
-    jax.devices("gpu")
-except RuntimeError:
-    pytest.skip("no CUDA device visible to JAX", allow_module_level=True)
-if backends.module("cuda") is None:
-    pytest.skip("jax_hetero was built without the CUDA backend", allow_module_level=True)
-
-from conftest import SPECIALS, child_env, topk_edge_rows  # noqa: E402
+skip_module_without_cuda()
 
 DTYPES = [jnp.float32, jnp.bfloat16, jnp.float16]
 

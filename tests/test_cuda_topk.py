@@ -13,16 +13,9 @@ import numpy as np
 import pytest
 
 import jax_hetero as jh
-from jax_hetero import backends
+from conftest import SPECIALS, skip_module_without_cuda
 
-try:
-    jax.devices("gpu")
-except RuntimeError:
-    pytest.skip("no CUDA device visible to JAX", allow_module_level=True)
-if backends.module("cuda") is None:
-    pytest.skip("jax_hetero was built without the CUDA backend", allow_module_level=True)
-
-from conftest import SPECIALS  # noqa: E402
+skip_module_without_cuda()
 
 DTYPES = [jnp.float32, jnp.bfloat16, jnp.float16]
 

@@ -107,4 +107,15 @@ __device__ __forceinline__ float to_f32(float16_bits x) {
   return __half2float(__ushort_as_half(x.bits));
 }
 
+// Round-to-nearest float conversions back to the storage types.
+template <class T>
+__device__ __forceinline__ T from_f32(float x);
+template <> __device__ __forceinline__ float from_f32<float>(float x) { return x; }
+template <> __device__ __forceinline__ bfloat16_bits from_f32<bfloat16_bits>(float x) {
+  return bfloat16_bits{__bfloat16_as_ushort(__float2bfloat16_rn(x))};
+}
+template <> __device__ __forceinline__ float16_bits from_f32<float16_bits>(float x) {
+  return float16_bits{__half_as_ushort(__float2half_rn(x))};
+}
+
 }  // namespace jax_hetero

@@ -238,13 +238,7 @@ ffi::Error indexer_dsa_cuda(cudaStream_t stream, ffi::ScratchAllocator scratch, 
     using T = decltype(tag);
     const DsaLoader<T> loader{make_scorer<T>(q, keys, weights, a), valid.typed_data()};
     if (loader.extra_bytes() > 100 * 1024) return op_error(op, "h*di=", a.h * a.di, " is too large for the CUDA indexer");
-    SelectParams p{};
-    p.k = k;
-    p.key_low_bit = 0;
-    p.value_bytes = 4;
-    p.neg_inf_bits = 0xff800000u;
-    p.values = values->typed_data();
-    p.indices = indices->typed_data();
+    const SelectParams p = float32_select_params(k, values->typed_data(), indices->typed_data());
     return run_select_levels(op, stream, scratch, loader, kIndexerCapacity, 8, valid.typed_data(), a.rows, a.n, p,
                              dev);
   });

@@ -246,13 +246,7 @@ ffi::Error block_indexer(cudaStream_t stream, ffi::ScratchAllocator& scratch, co
   return dispatch_float(op, "q", q.element_type(), [&](auto tag) -> ffi::Error {
     using T = decltype(tag);
     const BlockLoader<T, kQuest> loader{make_scorer<T, kQuest>(q, lo, hi, valid, a)};
-    SelectParams p{};
-    p.k = k;
-    p.key_low_bit = 0;
-    p.value_bytes = 4;
-    p.neg_inf_bits = 0xff800000u;
-    p.values = values->typed_data();
-    p.indices = indices->typed_data();
+    const SelectParams p = float32_select_params(k, values->typed_data(), indices->typed_data());
     return run_select_levels(op, stream, scratch, loader, kBlockCapacity, kBlockMaxCluster, row_valid, rows, a.nb,
                              p, dev);
   });

@@ -43,6 +43,18 @@ struct SelectParams {
   int32_t* cand_idx;
 };
 
+// Final outputs as float32 values (the indexers' scores) and int32 indices.
+inline SelectParams float32_select_params(int64_t k, float* values, int32_t* indices) {
+  SelectParams p{};
+  p.k = k;
+  p.key_low_bit = 0;
+  p.value_bytes = 4;
+  p.neg_inf_bits = 0xff800000u;
+  p.values = values;
+  p.indices = indices;
+  return p;
+}
+
 // Entries of a row that survive `levels` earlier levels with segment lengths seg_len[]:
 // every full segment yields k, the last partial one min(k, rest).
 __host__ __device__ inline int64_t surviving(int64_t valid, int levels, const int64_t* seg_len, int64_t k) {

@@ -51,16 +51,6 @@ __device__ __forceinline__ void load_row(const T* src, float* out) {
   }
 }
 
-template <class T>
-__device__ __forceinline__ T from_f32(float x);
-template <> __device__ __forceinline__ float from_f32<float>(float x) { return x; }
-template <> __device__ __forceinline__ bfloat16_bits from_f32<bfloat16_bits>(float x) {
-  return bfloat16_bits{__bfloat16_as_ushort(__float2bfloat16_rn(x))};
-}
-template <> __device__ __forceinline__ float16_bits from_f32<float16_bits>(float x) {
-  return float16_bits{__half_as_ushort(__float2half_rn(x))};
-}
-
 struct AttnParams {
   int64_t n;
   int hq, hkv, d, group, kb, block_size;

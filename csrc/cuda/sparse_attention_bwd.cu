@@ -32,20 +32,26 @@ constexpr int kBwdWarps = 4;
 constexpr int kBwdThreads = kBwdWarps * 32;
 constexpr int kBwdMaxLanes = 16;  // elements of a row per lane: head dims up to 512
 
-template <class T>
-__device__ __forceinline__ T bwd_from_f32(float x);
-template <> __device__ __forceinline__ float bwd_from_f32<float>(float x) { return x; }
-template <> __device__ __forceinline__ bfloat16_bits bwd_from_f32<bfloat16_bits>(float x) {
-  return bfloat16_bits{__bfloat16_as_ushort(__float2bfloat16_rn(x))};
-}
-template <> __device__ __forceinline__ float16_bits bwd_from_f32<float16_bits>(float x) {
-  return float16_bits{__half_as_ushort(__float2half_rn(x))};
-}
-
 __device__ __forceinline__ float bwd_warp_sum(float x) {
 #pragma unroll
   for (int o = 16; o; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
   return x;  // the butterfly leaves the same bits in every lane
+}
+
+// For one query head (q row qj, output gradient gj) and the warp's token (k and v rows in
+// kf, vf, L elements a lane): s = scale * qj.k and dp = gj.v, the same in every lane.
+template <int L>
+__device__ __forceinline__ void bwd_scores(const float* qj, const float* gj, const float (&kf)[L],
+                                           const float (&vf)[L], int lane, int d, float scale, float* s,
+                                           float* dp) {
+  float sd = 0.f, pd = 0.f;
+#pragma unroll
+  for (int c = 0; c < L; ++c) {
+    const int e = lane + 32 * c;
+    if (e < d) sd = fmaf(qj[e], kf[c], sd), pd = fmaf(gj[e], vf[c], pd);
+  }
+  *s = bwd_warp_sum(sd) * scale;
+  *dp = bwd_warp_sum(pd);
 }
 
 struct BwdParams {
@@ -140,15 +146,8 @@ bwd_stats_kernel(const T* q, const T* k, const T* v, const T* g, const int32_t* 
     bwd_load_row<T, L>(kbase, pos, row_stride, p.d, lane, kf);
     bwd_load_row<T, L>(vbase, pos, row_stride, p.d, lane, vf);
     for (int j = 0; j < p.group; ++j) {
-      const float* qj = s_q + j * p.d;
-      const float* gj = s_g + j * p.d;
-      float sd = 0.f, pd = 0.f;
-#pragma unroll
-      for (int c = 0; c < L; ++c) {
-        const int e = lane + 32 * c;
-        if (e < p.d) sd = fmaf(qj[e], kf[c], sd), pd = fmaf(gj[e], vf[c], pd);
-      }
-      const float s = bwd_warp_sum(sd) * p.scale, dp = bwd_warp_sum(pd);
+      float s, dp;
+      bwd_scores<L>(s_q + j * p.d, s_g + j * p.d, kf, vf, lane, p.d, p.scale, &s, &dp);
       if (lane == 0) {  // lane 0 owns the warp's state
         const int at = warp * p.group + j;
         const float m = s_m[at], m_new = fmaxf(m, s);
@@ -234,13 +233,8 @@ bwd_grads_kernel(const T* q, const T* k, const T* v, const T* g, const int32_t* 
     for (int j = 0; j < p.group; ++j) {
       const float* qj = s_q + j * p.d;
       const float* gj = s_g + j * p.d;
-      float sd = 0.f, pd = 0.f;
-#pragma unroll
-      for (int c = 0; c < L; ++c) {
-        const int e = lane + 32 * c;
-        if (e < p.d) sd = fmaf(qj[e], kf[c], sd), pd = fmaf(gj[e], vf[c], pd);
-      }
-      const float s = bwd_warp_sum(sd) * p.scale, dp = bwd_warp_sum(pd);
+      float s, dp;
+      bwd_scores<L>(qj, gj, kf, vf, lane, p.d, p.scale, &s, &dp);
       const float prob = s_inv[j] > 0.f ? expf(s - s_m[j]) * s_inv[j] : 0.f;
       const float ds = prob * (dp - s_dot[j]);
 #pragma unroll
@@ -260,8 +254,8 @@ bwd_grads_kernel(const T* q, const T* k, const T* v, const T* g, const int32_t* 
     for (int c = 0; c < L; ++c) {
       const int e = lane + 32 * c;
       if (e < p.d) {
-        dk_row[e] = bwd_from_f32<T>(dkf[c] * p.scale);
-        dv_row[e] = bwd_from_f32<T>(dvf[c]);
+        dk_row[e] = from_f32<T>(dkf[c] * p.scale);
+        dv_row[e] = from_f32<T>(dvf[c]);
       }
     }
   }
@@ -269,7 +263,7 @@ bwd_grads_kernel(const T* q, const T* k, const T* v, const T* g, const int32_t* 
   const int64_t base = pair * p.group * p.d;  // dq rows of the group's query heads
   for (int e = threadIdx.x; e < p.group * p.d; e += blockDim.x) {
     if (p.splits == 1)
-      dq[base + e] = bwd_from_f32<T>(s_dq[e] * p.scale);
+      dq[base + e] = from_f32<T>(s_dq[e] * p.scale);
     else
       p.dq_partial[(pair * p.splits + split) * p.group * p.d + e] = s_dq[e];
   }
@@ -284,7 +278,7 @@ __global__ void bwd_dq_kernel(const float* partial, T* dq, int64_t elements, int
   const int64_t pair = i / per_pair, e = i % per_pair;
   float sum = 0.f;
   for (int s = 0; s < splits; ++s) sum += partial[(pair * splits + s) * per_pair + e];
-  dq[i] = bwd_from_f32<T>(sum * scale);
+  dq[i] = from_f32<T>(sum * scale);
 }
 
 template <class T, int L>
