@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device call: build and install with the CUDA backend, then the steps named in STEPS
-# (default: all but suite and backtrace) -- probe (FFI error paths), backtrace (gdb at the CUDA
-# gather's error path), tests (tests/test_cuda.py), suite (the
+# (default: tests bench placement profile) -- probe (FFI error paths of minimal handlers),
+# backtrace (gdb at the CUDA gather's error path), tests (tests/test_cuda.py), suite (the
 # whole test suite with JAX_PLATFORMS=cuda, 8 workers), bench
 # (bench/gpu_bench.py), profile (decode-step profile) and placement (planner reproduction with
 # measured GPU steps).  profile/placement need Flax: the device image has it; otherwise carry
@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 repo=$PWD
 out=${OUT:-out}
 mkdir -p "$out"
-steps=" ${STEPS:-probe tests bench profile placement} "
+steps=" ${STEPS:-tests bench placement profile} "
 want() { [[ "$steps" == *" $1 "* ]]; }
 export PYTHONUNBUFFERED=1 JAX_PLATFORMS=cuda XLA_PYTHON_CLIENT_PREALLOCATE=false
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv
@@ -36,7 +36,7 @@ if want backtrace; then  # where the CUDA gather's out-of-range error path crash
 fi
 if want tests; then
   echo "== tests"
-  timeout ${TESTS_TIMEOUT:-300} python3 -m pytest "$repo/tests/test_cuda.py" "$repo/tests/test_cuda_topk.py" -q -p no:cacheprovider "$@" 2>&1 | tee "$out/tests.log" | tail -25
+  timeout ${TESTS_TIMEOUT:-300} python3 -m pytest "$repo/tests/test_cuda.py" "$repo/tests/test_cuda_topk.py" -q -p no:cacheprovider -n 4 "$@" 2>&1 | tee "$out/tests.log" | tail -25
 fi
 if want suite; then
   echo "== whole test suite, JAX_PLATFORMS=cuda"
