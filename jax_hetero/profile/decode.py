@@ -5,7 +5,9 @@ Method (per recipe, context length and backend):
      random tokens (random keys, values and hidden states through the recipe's own
      prepare), so long contexts need no O(n^2) prefill.
   2. Time each step of layer 0's pipeline jitted on its own, with that layer's real memory
-     and a decode query; every layer has the same shapes, so a step costs `layers x` that.
+     and a decode query, less the time of an empty jitted call with the same memory
+     (`dispatch_ms`: dispatch and sync, which the fused decode step does not pay per step);
+     every layer has the same shapes, so a step costs `layers x` that.
   3. Time the rest of the model directly: the same decode step with attention's apply
      replaced by a stub that returns the query (the KV append stays; nothing is scored,
      selected or attended).
@@ -27,7 +29,7 @@ from flax import nnx
 
 from ..nn import Decoder, DecoderConfig
 from ..pipeline import STEPS
-from .timing import best_seconds, best_seconds_threaded
+from .timing import best_seconds, best_seconds_threaded, dispatch_seconds
 
 # The decoder profiled by default: small enough for a laptop, large enough that the rest of
 # the model is not negligible (about 11 M parameters in the layers).
@@ -49,6 +51,7 @@ class StepProfile:
     rest_ms: float
     total_ms: float         # steps + rest
     measured_ms: float      # the whole decode step timed as one call
+    dispatch_ms: float = 0.0  # taken off each separately timed step call (decode recipes)
     date: str = dataclasses.field(default_factory=lambda: datetime.date.today().isoformat())
 
     @property
@@ -65,7 +68,7 @@ class StepProfile:
 
     @classmethod
     def from_dict(cls, data: dict) -> "StepProfile":
-        return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls)})
+        return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls) if f.name in data})
 
 
 def device_name() -> str:
@@ -132,13 +135,15 @@ def profile_decode(recipe: str, context: int, *, backend: str = "auto", options:
     selection = retrieve(layer_memory, scores)
     per_layer = {
         "prepare": t_prepare,
-        "relevancy": best_seconds(lambda: relevancy(layer_memory, query), reps) if scores is not None else 0.0,
-        "retrieve": best_seconds(lambda: retrieve(layer_memory, scores), reps) if selection is not None else 0.0,
+        "relevancy": best_seconds(lambda: relevancy(layer_memory, query), reps) if scores is not None else None,
+        "retrieve": best_seconds(lambda: retrieve(layer_memory, scores), reps) if selection is not None else None,
         "apply": best_seconds(lambda: apply(layer_memory, query, selection), reps),
     }
-    steps_ms = {step: per_layer[step] * 1e3 * config.num_layers for step in STEPS}
+    dispatch = dispatch_seconds(layer_memory, query, reps=reps)
+    steps_ms = {step: 0.0 if t is None else max(t - dispatch, 0.0) * 1e3 * config.num_layers
+                for step, t in per_layer.items()}
     return StepProfile(recipe, context, backend, device_name(), config.num_layers, steps_ms,
-                       rest * 1e3, sum(steps_ms.values()) + rest * 1e3, whole * 1e3)
+                       rest * 1e3, sum(steps_ms.values()) + rest * 1e3, whole * 1e3, dispatch_ms=dispatch * 1e3)
 
 
 def _time_decode_step(model, memory, token, position, reps):

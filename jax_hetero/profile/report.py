@@ -40,7 +40,7 @@ def document(profiles: Sequence[StepProfile], command: str, png_name: str) -> st
         "512, 8 query / 2 KV heads of 64, SwiGLU 1408, batch 1), the time of each memory-processing "
         "step summed over the layers, the rest of the model (embedding, norms, projections, MLP, "
         "head) and the share of the step spent in memory processing.  total = "
-        "the sum of each step, timed jitted on its own with a layer's real memory, and the rest "
+        "the sum of each step, timed jitted on its own with a layer's real memory" + dispatch_note(profiles) + ", and the rest "
         "of the model, timed as the decode step with attention's apply replaced by a stub; the "
         "last column times the whole jitted step (memory donated) as one call, as a check.  Best "
         "of several runs (see `jax_hetero/profile/decode.py`).  Budgets: 2048 tokens (seer blocks of 64, quest pages of "
@@ -56,9 +56,21 @@ def document(profiles: Sequence[StepProfile], command: str, png_name: str) -> st
          if shares else ""), "",
         retrieval_note(profiles),
         "The machine may be shared with other jobs: only the fastest of the runs counts, and the "
-        "whole-step column checks the sum; on a GPU each step timed on its own also pays one "
-        "dispatch, so the sum of the columns exceeds the whole step there.", "",
+        "whole-step column checks the sum.", "",
         f"![stacked shares]({png_name})", ""])
+
+
+def dispatch_note(profiles: Sequence[StepProfile]) -> str:
+    """How the decode steps' own dispatch was handled (profiles before 2026-11-27 kept it)."""
+    attention = [p for p in profiles if p.recipe not in ("rag", "hmt")]
+    if not attention:
+        return ""
+    if all(p.dispatch_ms == 0.0 for p in attention):
+        return (" (each such call includes one dispatch and sync, which the fused decode step does "
+                "not pay per step: on a GPU the sum then exceeds the whole step)")
+    low, high = min(p.dispatch_ms for p in attention), max(p.dispatch_ms for p in attention)
+    return (f" less the time of an empty jitted call with the same memory ({low:.3f}-{high:.3f} ms: the "
+            "dispatch and sync that the fused decode step does not pay per step)")
 
 
 def retrieval_note(profiles: Sequence[StepProfile]) -> str:

@@ -27,3 +27,12 @@ def best_seconds_threaded(step: Callable[[object], object], state, reps: int = 5
         state = jax.block_until_ready(step(state))
         best = min(best, time.perf_counter() - start)
     return best, state
+
+
+def dispatch_seconds(*args, reps: int = 5) -> float:
+    """Fastest wall time of an empty jitted call that takes `args`: the host dispatch and
+    synchronisation that a step timed on its own pays, and a step inside a fused jitted
+    program does not (tens of microseconds; on a GPU about as long as a small step)."""
+    empty = jax.jit(lambda *a: jax.numpy.zeros((), jax.numpy.float32), keep_unused=True)
+    return best_seconds(lambda: empty(*args), reps)
+
