@@ -651,7 +651,6 @@ ffi::Error sparse_attention_cuda(cudaStream_t stream, ffi::ScratchAllocator scra
   p.n = dim_from_end(k, 2);
   p.hkv = int(dim_from_end(k, 1));
   p.kb = int(dim_from_end(block_indices, 0));
-  p.block_size = int(block_size);
   if (dim_from_end(k, 0) != p.d || leading_size(k, 3) != rows || k.element_count() != v.element_count())
     return op_error(op, "k and v must be [b, n, hkv, d] with q's batch and head dim");
   if (p.hkv < 1 || p.hq % p.hkv) return op_error(op, "hq=", p.hq, " must be a multiple of hkv=", p.hkv);
@@ -661,9 +660,15 @@ ffi::Error sparse_attention_cuda(cudaStream_t stream, ffi::ScratchAllocator scra
     return op_error(op, "block_indices must be [b, hkv, kb]");
   if (lengths.element_count() != size_t(rows)) return op_error(op, "lengths must have one entry per sequence");
   if (block_size < 1) return op_error(op, "block_size must be >= 1");
+  // A block longer than k only has its first n tokens (only block 0 is in range, and blocks
+  // >= 1 start at or past n either way): the same tokens with block_size min(block_size, n),
+  // which keeps the kernels' int block size exact and their token count small.
+  const int64_t kernel_block_size = std::min<int64_t>(block_size, std::max<int64_t>(p.n, 1));
+  if (kernel_block_size > INT_MAX) return op_error(op, "block_size=", block_size, " is too large");
+  p.block_size = int(kernel_block_size);
   if (q.element_type() != k.element_type() || q.element_type() != v.element_type())
     return op_error(op, "q, k and v must share a dtype");
-  if (rows == 0 || p.hq == 0) return ffi::Error::Success();
+  if (rows == 0 || p.hq == 0 || p.d == 0) return ffi::Error::Success();
   if (p.d != 32 && p.d != 64 && p.d != 128 && p.d != 256)
     return op_error(op, "head dim d=", p.d, " is not supported by the CUDA kernel (32, 64, 128 or 256)");
   p.scale_log2 = scale * 1.4426950408889634f;
@@ -673,7 +678,7 @@ ffi::Error sparse_attention_cuda(cudaStream_t stream, ffi::ScratchAllocator scra
     JH_CUDA_CHECK(op, cudaMemsetAsync(out->untyped_data(), 0, out->size_bytes(), stream));
     return ffi::Error::Success();
   }
-  const bool mma_shape = (p.d == 64 || p.d == 128) && block_size <= (int64_t(1) << 30) && p.n <= INT_MAX &&
+  const bool mma_shape = (p.d == 64 || p.d == 128) && p.block_size <= (1 << 30) && p.n <= INT_MAX &&
                          mma_kernel_allowed();
   // Both kernels skip blocks outside [0, nb); the check turns them into an error.
   const int64_t nb = (p.n + block_size - 1) / block_size;
