@@ -611,6 +611,11 @@ ffi::Error run_attention_mma(cudaStream_t stream, ffi::ScratchAllocator& scratch
   }
   const int64_t pairs = rows * p.hkv;
   const int64_t total = int64_t(p.kb) * p.block_size;
+  // choose_splits picks at most lo + 512 splits (lo = total / kMaxSplitTokens, rounded up) and
+  // narrows them to int: a count that could wrap is refused before (the grid check below is
+  // exact once it fits).
+  if ((total + kMaxSplitTokens - 1) / kMaxSplitTokens > INT_MAX - 512)
+    return op_error(op, "too many tokens per (sequence, KV head): ", total);
   choose_splits(pairs, total, int64_t(occupancy) * dev.sms, &p.splits, &p.split_tokens);
   if (pairs * p.splits > INT_MAX) return op_error(op, "too many (sequence, KV head, split) blocks: ", pairs * p.splits);
   ScratchArena arena;
