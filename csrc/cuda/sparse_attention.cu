@@ -202,6 +202,7 @@ ffi::Error run_attention(cudaStream_t stream, ffi::ScratchAllocator& scratch, co
   const int64_t want = (4 * int64_t(dev.sms) + pairs - 1) / pairs;
   const int64_t most = std::max<int64_t>(1, int64_t(p.kb) * p.block_size / 256);
   p.splits = int(std::max<int64_t>(1, std::min<int64_t>({want, most, int64_t(p.kb)})));
+  p.splits = std::max(p.splits, (p.kb + kMaxSlots - 1) / kMaxSlots);  // at most kMaxSlots slots per split
   p.slots_per_split = (p.kb + p.splits - 1) / p.splits;
   p.splits = (p.kb + p.slots_per_split - 1) / p.slots_per_split;
   if (p.slots_per_split > kMaxSlots) return op_error(op, "more than ", kMaxSlots, " slots per split");
