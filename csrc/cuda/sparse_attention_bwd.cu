@@ -368,7 +368,11 @@ ffi::Error sparse_attention_bwd_cuda(cudaStream_t stream, ffi::ScratchAllocator 
   const int64_t kb = dim_from_end(block_indices, 0);
   p.n = dim_from_end(k, 2);
   if (block_size < 1) return op_error(kBwdOp, "block_size=", block_size, " must be >= 1");
-  if (block_size > 0x7fffffff) return op_error(kBwdOp, "block_size=", block_size, " is too large");
+  // A block longer than k has only its first n tokens (blocks >= 1 start at or past n): the
+  // same tokens with block_size min(block_size, n), which keeps the kernels' int exact and
+  // their token loops short.
+  const int64_t kernel_block_size = std::min<int64_t>(block_size, std::max<int64_t>(p.n, 1));
+  if (kernel_block_size > 0x7fffffff) return op_error(kBwdOp, "block_size=", block_size, " is too large");
   if (dim_from_end(k, 0) != d || leading_size(k, 3) != p.rows)
     return op_error(kBwdOp, "k must be [..., n, hkv, d] with q's batch and head dim d=", d);
   if (!bwd_same_shape(v, k)) return op_error(kBwdOp, "v must have the shape of k");
@@ -396,7 +400,7 @@ ffi::Error sparse_attention_bwd_cuda(cudaStream_t stream, ffi::ScratchAllocator 
   p.d = int(d);
   p.group = int(hq / hkv);
   p.kb = int(kb);
-  p.block_size = int(block_size);
+  p.block_size = int(kernel_block_size);
   p.scale = scale;
 
   // Tokens no slot selects get zero gradients; the grads kernel writes the selected ones.
