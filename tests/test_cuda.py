@@ -384,6 +384,7 @@ ATTENTION_CASES = [  # b, hq, hkv, d, n, kb, bs
     (2, 24, 4, 128, 1024, 50, 5),    # group 6, odd block size
     (40, 16, 8, 128, 512, 16, 16),   # many (sequence, KV head) pairs: one split each
     (80, 8, 8, 64, 256, 8, 32),      # one split each, d 64
+    (2, 8, 2, 64, 100, 3, 1000),     # blocks longer than k (only block 0), a length > n
 ]
 
 
@@ -428,6 +429,24 @@ def test_sparse_attention_duplicates_and_empty_rows(dtype, d):
     got = check_attention(q, k, v, jnp.asarray(block_indices), jnp.asarray(lengths), bs, dtype)
     np.testing.assert_array_equal(got[1], 0)
     np.testing.assert_array_equal(got[3], 0)
+
+
+@needs("sparse_attention")
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=lambda d: jnp.dtype(d).name)
+def test_sparse_attention_block_out_of_range_on_the_device(dtype):
+    """Traced block indices skip the trace-time check: the handler's device check reports them
+    (tensor-core kernel for bfloat16, warp kernel for float32), and a later good call works."""
+    from jax_hetero._compat import RUNTIME_ERRORS
+    rng = np.random.default_rng(17)
+    q, k, v, block_indices = attention_inputs(rng, 2, 8, 2, 64, 512, 6, 32, dtype)
+    f = jax.jit(lambda i: jh.sparse_attention(q, k, v, i, block_size=32, backend="cuda"))
+    with pytest.raises(RUNTIME_ERRORS, match="sparse_attention: block_indices contains 16"):
+        jax.block_until_ready(f(block_indices.at[1, 1, 5].set(16)))
+    got = np.asarray(f(block_indices), np.float32)
+    want = np.asarray(sparse_attention_reference(q, k, v, block_indices, jnp.full((2,), 512, jnp.int32), 32,
+                                                 64 ** -0.5), np.float32)
+    tol = {jnp.float32: 1e-5, jnp.bfloat16: 2e-2}[dtype]
+    np.testing.assert_allclose(got, want, atol=tol, rtol=tol)
 
 
 @needs("sparse_attention")
@@ -492,6 +511,7 @@ def check_attention_grads(got, want, selected, dtype):
     (3, 6, 2, 32, 257, 9, 16, (257, 100, 0)),          # GQA 3, a partial last block
     (1, 8, 1, 128, 16384, 64, 64, (16384 - 37,)),      # GQA 8 (one KV head), many splits
     (2, 4, 2, 256, 700, 40, 16, (700, 333)),           # head dim 256
+    (2, 4, 2, 64, 100, 3, 1000, (150, -3)),            # blocks longer than k, length > n and < 0
 ])
 def test_sparse_attention_grad_matches_reference_vjp(dtype, b, hq, hkv, d, n, kb, bs, lengths):
     rng = np.random.default_rng(14)
