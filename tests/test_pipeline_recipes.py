@@ -143,6 +143,8 @@ def test_seer_threshold_pads_with_minus_one():
     ("seer", dict(threshold=1.5), r"threshold=1.5 must be a gate probability in \(0, 1\)"),
     ("seer", dict(gate_init="zeros"), "gate_init='zeros' is not one of"),
     ("dsa", dict(budget=300), "dsa: budget=300 tokens exceeds the context"),
+    ("dsa", dict(key_dtype="int8"), r"dsa: key_dtype='int8' is not one of \('bfloat16'"),
+    ("dsa", dict(key_dtype="fp8"), "dsa: key_dtype='fp8' is not one of"),
 ])
 def test_bad_recipe_settings(name, options, message):
     with pytest.raises(ValueError, match=message):
@@ -181,3 +183,13 @@ def test_fused_indexer_selects_the_same_as_relevancy_then_topk(key, options):
 def test_fused_seer_needs_a_budget():
     with pytest.raises(ValueError, match="fused=True needs budget"):
         make_recipe("seer", SHAPE, threshold=0.1, fused=True)
+
+
+@pytest.mark.parametrize("key_dtype", ["bfloat16", "float32"])
+def test_dsa_stores_its_indexer_keys_in_key_dtype(key_dtype):
+    rng = np.random.default_rng()
+    pipe = MemoryPipeline(build("dsa", index_heads=8, index_dim=16, budget=8, key_dtype=key_dtype))
+    memory = pipe.prepare(pipe.init_memory(2), random_update(rng, 40))
+    assert memory["index_keys"].dtype == jnp.dtype(key_dtype)
+    assert pipe.select(memory, random_query(rng)).shape[-1] == 8
+

@@ -10,7 +10,10 @@
 
 Parameters: ``index_heads`` (default 64), ``index_dim`` (default 128), ``budget`` (tokens,
 default 2048 or the whole context if shorter), ``fused`` (steps 2-3 as one ``indexer`` call
-in the retrieve step, as the FPGA runs it; relevancy then only projects the query).  The indexer is a small Flax module
+in the retrieve step, as the FPGA runs it; relevancy then only projects the query),
+``key_dtype`` (the stored indexer keys and the indexer queries: ``"bfloat16"`` by default, as
+DeepSeek keeps its indexer in low precision (FP8); it halves the memory streamed per step and
+takes the GPU's tensor-core path; ``"float32"`` or ``"float16"`` also work).  The indexer is a small Flax module
 (:class:`LightningIndexer`), randomly initialised; DeepSeek trains it to match the
 attention distribution.
 """
@@ -44,12 +47,22 @@ class LightningIndexer(nnx.Module):
         return q, self.weight(hidden) * scale
 
 
+KEY_DTYPES = ("bfloat16", "float16", "float32")
+
+
 class DSARecipe(AttentionRecipe):
     name = "dsa"
 
     def __init__(self, shape: AttentionShape, *, index_heads: int = 64, index_dim: int = 128,
-                 budget: int | None = None, fused: bool = False, rngs: nnx.Rngs | None = None):
+                 budget: int | None = None, fused: bool = False, key_dtype: str = "bfloat16",
+                 rngs: nnx.Rngs | None = None):
         super().__init__(shape, 1)
+        try:
+            self.key_dtype = jnp.dtype(key_dtype)
+        except TypeError:
+            self.key_dtype = None
+        if str(self.key_dtype) not in KEY_DTYPES:
+            raise ValueError(f"dsa: key_dtype={key_dtype!r} is not one of {KEY_DTYPES}")
         self.fused = fused
         self.budget = budget if budget is not None else min(2048, self.capacity)
         self.check_budget(self.budget)
@@ -63,18 +76,18 @@ class DSARecipe(AttentionRecipe):
                 "apply": f"token-sparse attention over {self.budget} tokens"}
 
     def init_extra(self, batch):
-        return {"index_keys": jnp.zeros((batch, self.capacity, self.indexer.index_dim), jnp.float32)}
+        return {"index_keys": jnp.zeros((batch, self.capacity, self.indexer.index_dim), self.key_dtype)}
 
     def update_extra(self, memory, update, position, touched, backend):
-        keys = self.indexer.keys(update["hidden"]).astype(jnp.float32)
+        keys = self.indexer.keys(update["hidden"]).astype(self.key_dtype)
         memory["index_keys"] = jax.lax.dynamic_update_slice_in_dim(memory["index_keys"], keys, position, 1)
         return memory
 
     def relevancy(self, memory, query, *, backend):
         q, weights = self.indexer.queries(query["hidden"])
         if self.fused:
-            return {"q": q.astype(jnp.float32), "weights": weights}
-        return ops.relevancy(q.astype(jnp.float32), memory["index_keys"], kind="dsa",
+            return {"q": q.astype(self.key_dtype), "weights": weights}
+        return ops.relevancy(q.astype(self.key_dtype), memory["index_keys"], kind="dsa",
                              weights=weights, lengths=memory["length"], backend=backend)
 
     def retrieve(self, memory, scores, *, backend):
