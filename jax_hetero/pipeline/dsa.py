@@ -11,9 +11,11 @@
 Parameters: ``index_heads`` (default 64), ``index_dim`` (default 128), ``budget`` (tokens,
 default 2048 or the whole context if shorter), ``fused`` (steps 2-3 as one ``indexer`` call
 in the retrieve step, as the FPGA runs it; relevancy then only projects the query),
-``key_dtype`` (the stored indexer keys and the indexer queries: ``"bfloat16"`` by default, as
-DeepSeek keeps its indexer in low precision (FP8); it halves the memory streamed per step and
-takes the GPU's tensor-core path; ``"float32"`` or ``"float16"`` also work).  The indexer is a small Flax module
+``key_dtype`` (the stored indexer keys and the indexer queries; by default ``"bfloat16"``
+where JAX's default backend is an accelerator -- DeepSeek keeps its indexer in low precision
+(FP8); it halves the bytes streamed per step and takes the GPU's tensor-core path -- and
+``"float32"`` on the CPU, where XLA rewrites every bfloat16 cache update as a copy of the
+whole buffer; any of ``"bfloat16"``, ``"float16"``, ``"float32"`` can be given).  The indexer is a small Flax module
 (:class:`LightningIndexer`), randomly initialised; DeepSeek trains it to match the
 attention distribution.
 """
@@ -54,9 +56,11 @@ class DSARecipe(AttentionRecipe):
     name = "dsa"
 
     def __init__(self, shape: AttentionShape, *, index_heads: int = 64, index_dim: int = 128,
-                 budget: int | None = None, fused: bool = False, key_dtype: str = "bfloat16",
+                 budget: int | None = None, fused: bool = False, key_dtype: str | None = None,
                  rngs: nnx.Rngs | None = None):
         super().__init__(shape, 1)
+        if key_dtype is None:
+            key_dtype = "float32" if jax.default_backend() == "cpu" else "bfloat16"
         try:
             self.key_dtype = jnp.dtype(key_dtype)
         except TypeError:
