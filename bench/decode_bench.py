@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import os
 import re
 import sys
 from pathlib import Path
@@ -33,7 +34,7 @@ def measure(context: int, reps: int):
     return results
 
 
-def report(results, context: int, reps: int) -> str:
+def report(results, context: int, reps: int, load: tuple[float, float]) -> str:
     dense = results[0].measured_ms
     by_key = {(p.recipe, p.backend): p for p in results}
     c = PROFILE_CONFIG
@@ -46,9 +47,10 @@ def report(results, context: int, reps: int) -> str:
         f"{c.hidden_dim}, {c.num_heads} query / {c.num_kv_heads} KV heads of {c.head_dim}, SwiGLU "
         f"{c.mlp_dim}) with {context} tokens in the KV cache; best of {reps} runs after a warm-up. "
         f"quest: pages of 16, budget 2048 tokens; dsa: 64 index heads x 128, top-2048 tokens. "
-        f"The step columns (ms, all layers) are timed separately, as in docs/profile_cpu.md. "
-        f"The machine is shared with other jobs (load average well above its 2 cores during the "
-        f"run), so absolute times are noisy; the ratios come from the same run.", "",
+        f"The step columns (ms, all layers) are timed separately, less the dispatch of an empty "
+        f"jitted call, as in docs/profile_cpu.md. 1-min load average {load[0]:.1f} at the start, "
+        f"{load[1]:.1f} at the end: the machine may be shared with other jobs, so absolute times "
+        f"are noisy; the ratios come from the same run.", "",
         "| recipe | backend | decode step ms | vs dense | vs same recipe on xla | prepare | relevancy | retrieve | apply | rest of model |",
         "|---|---|---|---|---|---|---|---|---|---|"]
     for p in results:
@@ -81,7 +83,9 @@ def main(argv=None):
     parser.add_argument("--reps", type=int, default=10)
     parser.add_argument("--write", type=Path, default=None, help="markdown file whose section to replace")
     args = parser.parse_args(argv)
-    section = report(measure(args.context, args.reps), args.context, args.reps)
+    start_load = os.getloadavg()[0]
+    results = measure(args.context, args.reps)
+    section = report(results, args.context, args.reps, (start_load, os.getloadavg()[0]))
     print(section)
     if args.write:
         write_section(args.write, section)
