@@ -303,12 +303,14 @@ struct Workspace {
 
 // Scorers: prepare(row, ws) converts a row's query once; score(row, ws, begin, end, out)
 // writes the float32 scores of entries [begin, end) of that row to out[0, end - begin).
-// Rows are (batch, KV head) for the block kinds and batch for dsa.
+// Rows are (batch, KV head) for the block kinds and batch for dsa; q_of[b] and mem_of[b] are
+// the batch elements of q and of the memory that serve output batch element b (broadcast).
 
 template <class T>
 struct DotScorer {
-  const T* q;        // [batch, hq, d]
-  const T* summary;  // [batch, nb, hkv, d]
+  const T* q;        // [*, hq, d]
+  const T* summary;  // [*, nb, hkv, d]
+  const int64_t *q_of, *mem_of;
   int64_t batch, hq, hkv, nb, d;
   static constexpr int64_t kTile = 1024;
 
@@ -320,21 +322,22 @@ struct DotScorer {
     ws.query.assign(d, 0.0f);
     ws.scratch.resize(d);
     for (int64_t j = 0; j < group; ++j) {
-      const T* qj = q + (b * hq + g * group + j) * d;
+      const T* qj = q + (q_of[b] * hq + g * group + j) * d;
       for (int64_t i = 0; i < d; ++i) ws.query[i] += to_float(qj[i]);
     }
   }
   void score(int64_t row, Workspace& ws, int64_t begin, int64_t end, float* out) const {
     const int64_t b = row / hkv, g = row % hkv;
-    dot_tile<T>(ws.query.data(), summary + (b * nb * hkv + g) * d, hkv * d, d, begin, end, out,
+    dot_tile<T>(ws.query.data(), summary + (mem_of[b] * nb * hkv + g) * d, hkv * d, d, begin, end, out,
                 ws.scratch.data());
   }
 };
 
 template <class T>
 struct QuestScorer {
-  const T* q;       // [batch, hq, d]
-  const T *lo, *hi;  // [batch, nb, hkv, d]
+  const T* q;       // [*, hq, d]
+  const T *lo, *hi;  // [*, nb, hkv, d]
+  const int64_t *q_of, *mem_of;
   int64_t batch, hq, hkv, nb, d;
   static constexpr int64_t kTile = 1024;
 
@@ -345,11 +348,11 @@ struct QuestScorer {
     const int64_t b = row / hkv, g = row % hkv, group = hq / hkv;
     ws.query.resize(group * d);
     ws.scratch.resize(2 * d);
-    const T* qg = q + (b * hq + g * group) * d;
+    const T* qg = q + (q_of[b] * hq + g * group) * d;
     for (int64_t i = 0; i < group * d; ++i) ws.query[i] = to_float(qg[i]);
   }
   void score(int64_t row, Workspace& ws, int64_t begin, int64_t end, float* out) const {
-    const int64_t b = row / hkv, g = row % hkv, offset = (b * nb * hkv + g) * d;
+    const int64_t b = row / hkv, g = row % hkv, offset = (mem_of[b] * nb * hkv + g) * d;
     quest_tile<T>(ws.query.data(), hq / hkv, lo + offset, hi + offset, hkv * d, d, begin, end, out,
                   ws.scratch.data());
   }
@@ -357,9 +360,10 @@ struct QuestScorer {
 
 template <class T>
 struct DsaScorer {
-  const T* q;            // [batch, heads, dim]
-  const T* keys;         // [batch, n, dim]
-  const float* weights;  // [batch, heads]
+  const T* q;            // [*, heads, dim]
+  const T* keys;         // [*, n, dim]
+  const float* weights;  // [batch, heads] (already broadcast to the output's batch)
+  const int64_t *q_of, *mem_of;
   int64_t batch, heads, n, dim;
   static constexpr int64_t kTile = 256;
 
@@ -372,7 +376,7 @@ struct DsaScorer {
   void prepare(int64_t row, Workspace& ws) const {
     const int64_t s = stride();
     ws.query.assign((dim + 2) * s, 0.0f);
-    const T* qb = q + row * heads * dim;
+    const T* qb = q + q_of[row] * heads * dim;
     for (int64_t h = 0; h < heads; ++h) {
       for (int64_t f = 0; f < dim; ++f) ws.query[f * s + h] = to_float(qb[h * dim + f]);
       ws.query[dim * s + h] = weights[row * heads + h];
@@ -383,7 +387,7 @@ struct DsaScorer {
   void score(int64_t row, Workspace& ws, int64_t begin, int64_t end, float* out) const {
     const int64_t s = stride();
     const float* qt = ws.query.data();
-    dsa_tile<T>(qt, qt + dim * s, qt + (dim + 1) * s, heads, s, dim, keys + row * n * dim, begin, end,
+    dsa_tile<T>(qt, qt + dim * s, qt + (dim + 1) * s, heads, s, dim, keys + mem_of[row] * n * dim, begin, end,
                 out, ws.scratch.data());
   }
 };

@@ -6,6 +6,7 @@
 #include <cstring>
 #include <vector>
 
+#include "common/broadcast.h"
 #include "common/ffi_util.h"
 #include "common/parallel.h"
 #include "common/registry.h"
@@ -15,37 +16,6 @@ namespace jax_hetero {
 namespace {
 
 constexpr const char* kOp = "gather";
-
-// Offsets (in units of one operand batch element) of every output batch element, given the
-// operand's leading dims right-aligned against the output's; size-1 dims broadcast.
-ffi::Error batch_offsets(const char* arg, ffi::Span<const int64_t> dims, size_t core_rank,
-                         ffi::Span<const int64_t> out_batch, std::vector<int64_t>& offsets) {
-  const size_t rank = dims.size() - core_rank, out_rank = out_batch.size();
-  if (rank > out_rank)
-    return op_error(kOp, arg, " has ", rank, " leading dims, the output only ", out_rank);
-  std::vector<int64_t> stride(out_rank, 0);  // operand stride along each output dim (0 = broadcast)
-  int64_t s = 1;
-  for (size_t i = rank; i-- > 0;) {
-    const size_t o = out_rank - rank + i;
-    if (dims[i] != 1 && dims[i] != out_batch[o])
-      return op_error(kOp, arg, " leading dim ", i, " is ", dims[i], ", expected 1 or ", out_batch[o]);
-    stride[o] = dims[i] == 1 ? 0 : s;
-    s *= dims[i];
-  }
-  const int64_t total = product(out_batch, 0, out_rank);
-  offsets.assign(total, 0);
-  std::vector<int64_t> coord(out_rank, 0);
-  for (int64_t flat = 0; flat < total; ++flat) {
-    int64_t off = 0;
-    for (size_t o = 0; o < out_rank; ++o) off += coord[o] * stride[o];
-    offsets[flat] = off;
-    for (size_t o = out_rank; o-- > 0;) {  // next coordinate, last dim fastest
-      if (++coord[o] < out_batch[o]) break;
-      coord[o] = 0;
-    }
-  }
-  return ffi::Error::Success();
-}
 
 ffi::Error gather_cpu(ffi::AnyBuffer table, ffi::Buffer<ffi::S32> indices, ffi::Result<ffi::AnyBuffer> out) {
   auto table_dims = table.dimensions(), index_dims = indices.dimensions(), out_dims = out->dimensions();
@@ -60,8 +30,8 @@ ffi::Error gather_cpu(ffi::AnyBuffer table, ffi::Buffer<ffi::S32> indices, ffi::
     return op_error(kOp, "output rows must be [", rows, ", ", features, "]");
   const auto out_batch = ffi::Span<const int64_t>(out_dims.begin(), out_dims.size() - 2);
   std::vector<int64_t> table_offset, index_offset;
-  if (auto e = batch_offsets("table", table_dims, 2, out_batch, table_offset); e.failure()) return e;
-  if (auto e = batch_offsets("indices", index_dims, 1, out_batch, index_offset); e.failure()) return e;
+  if (auto e = batch_offsets(kOp, "table", table_dims, 2, out_batch, table_offset); e.failure()) return e;
+  if (auto e = batch_offsets(kOp, "indices", index_dims, 1, out_batch, index_offset); e.failure()) return e;
 
   const size_t row_bytes = ffi::ByteWidth(table.element_type()) * size_t(features);
   const auto* src = static_cast<const char*>(table.untyped_data());

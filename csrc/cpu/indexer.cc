@@ -13,36 +13,38 @@ namespace {
 constexpr const char* kOp = "indexer";
 
 template <class Scorer>
-ffi::Error select_top(const Scorer& scorer, ffi::Buffer<ffi::S32> valid, int64_t k,
+ffi::Error select_top(const Scorer& scorer, const int32_t* valid, int64_t k,
                       ffi::Result<ffi::Buffer<ffi::F32>> values, ffi::Result<ffi::Buffer<ffi::S32>> indices) {
   const int64_t entries = scorer.entries(), rows = scorer.rows();
   if (k < 1 || k > entries) return op_error(kOp, "k=", k, " must satisfy 1 <= k <= ", entries, " (memory entries)");
   if (entries > INT32_MAX) return op_error(kOp, "more than 2^31-1 memory entries are not supported");
   if (int64_t(values->element_count()) != rows * k || int64_t(indices->element_count()) != rows * k)
     return op_error(kOp, "outputs must hold ", rows, " rows of k=", k, " entries");
-  indexer_rows(scorer, valid.typed_data(), k, values->typed_data(), indices->typed_data());
+  indexer_rows(scorer, valid, k, values->typed_data(), indices->typed_data());
   return ffi::Error::Success();
 }
 
 ffi::Error indexer_dot_cpu(ffi::AnyBuffer q, ffi::AnyBuffer summary, ffi::Buffer<ffi::S32> valid,
                            ffi::Result<ffi::Buffer<ffi::F32>> values,
                            ffi::Result<ffi::Buffer<ffi::S32>> indices, int64_t k) {
-  return with_dot_scorer(kOp, q, summary, valid,
-                         [&](const auto& s) { return select_top(s, valid, k, values, indices); });
+  return with_dot_scorer(kOp, q, summary, valid, batch_dims(*values, 2), [&](const auto& s, const int32_t* counts) {
+    return select_top(s, counts, k, values, indices);
+  });
 }
 
 ffi::Error indexer_quest_cpu(ffi::AnyBuffer q, ffi::AnyBuffer lo, ffi::AnyBuffer hi,
                              ffi::Buffer<ffi::S32> valid, ffi::Result<ffi::Buffer<ffi::F32>> values,
                              ffi::Result<ffi::Buffer<ffi::S32>> indices, int64_t k) {
-  return with_quest_scorer(kOp, q, lo, hi, valid,
-                           [&](const auto& s) { return select_top(s, valid, k, values, indices); });
+  return with_quest_scorer(kOp, q, lo, hi, valid, batch_dims(*values, 2), [&](const auto& s, const int32_t* counts) {
+    return select_top(s, counts, k, values, indices);
+  });
 }
 
 ffi::Error indexer_dsa_cpu(ffi::AnyBuffer q, ffi::AnyBuffer keys, ffi::Buffer<ffi::F32> weights,
                            ffi::Buffer<ffi::S32> valid, ffi::Result<ffi::Buffer<ffi::F32>> values,
                            ffi::Result<ffi::Buffer<ffi::S32>> indices, int64_t k) {
-  return with_dsa_scorer(kOp, q, keys, weights, valid,
-                         [&](const auto& s) { return select_top(s, valid, k, values, indices); });
+  return with_dsa_scorer(kOp, q, keys, weights, valid, batch_dims(*values, 1),
+                         [&](const auto& s, const int32_t* counts) { return select_top(s, counts, k, values, indices); });
 }
 
 }  // namespace

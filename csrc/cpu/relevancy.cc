@@ -12,27 +12,30 @@ namespace {
 constexpr const char* kOp = "relevancy";
 
 template <class Scorer>
-ffi::Error write_scores(const Scorer& scorer, ffi::Buffer<ffi::S32> valid, ffi::Result<ffi::Buffer<ffi::F32>> out) {
+ffi::Error write_scores(const Scorer& scorer, const int32_t* valid, ffi::Result<ffi::Buffer<ffi::F32>> out) {
   if (int64_t(out->element_count()) != scorer.rows() * scorer.entries())
     return op_error(kOp, "scores have ", out->element_count(), " elements, expected ",
                     scorer.rows() * scorer.entries());
-  relevancy_rows(scorer, valid.typed_data(), out->typed_data());
+  relevancy_rows(scorer, valid, out->typed_data());
   return ffi::Error::Success();
 }
 
 ffi::Error relevancy_dot_cpu(ffi::AnyBuffer q, ffi::AnyBuffer summary, ffi::Buffer<ffi::S32> valid,
                              ffi::Result<ffi::Buffer<ffi::F32>> out) {
-  return with_dot_scorer(kOp, q, summary, valid, [&](const auto& s) { return write_scores(s, valid, out); });
+  return with_dot_scorer(kOp, q, summary, valid, batch_dims(*out, 2),
+                         [&](const auto& s, const int32_t* counts) { return write_scores(s, counts, out); });
 }
 
 ffi::Error relevancy_quest_cpu(ffi::AnyBuffer q, ffi::AnyBuffer lo, ffi::AnyBuffer hi,
                                ffi::Buffer<ffi::S32> valid, ffi::Result<ffi::Buffer<ffi::F32>> out) {
-  return with_quest_scorer(kOp, q, lo, hi, valid, [&](const auto& s) { return write_scores(s, valid, out); });
+  return with_quest_scorer(kOp, q, lo, hi, valid, batch_dims(*out, 2),
+                           [&](const auto& s, const int32_t* counts) { return write_scores(s, counts, out); });
 }
 
 ffi::Error relevancy_dsa_cpu(ffi::AnyBuffer q, ffi::AnyBuffer keys, ffi::Buffer<ffi::F32> weights,
                              ffi::Buffer<ffi::S32> valid, ffi::Result<ffi::Buffer<ffi::F32>> out) {
-  return with_dsa_scorer(kOp, q, keys, weights, valid, [&](const auto& s) { return write_scores(s, valid, out); });
+  return with_dsa_scorer(kOp, q, keys, weights, valid, batch_dims(*out, 1),
+                         [&](const auto& s, const int32_t* counts) { return write_scores(s, counts, out); });
 }
 
 }  // namespace

@@ -10,13 +10,21 @@ from .._compat import ffi_call, platform_dependent
 _AUTO_PLATFORMS = {"cpu": "cpu", "cuda": "cuda"}
 
 
+# Backends whose handlers of an op broadcast size-1 batch dims of its operands themselves, so
+# vmap passes an unbatched operand (a memory shared by a batch of queries) without copying it.
+_BROADCASTING = {("cpu", "relevancy"), ("cpu", "indexer")}
+
+
 def ffi(op: str, backend: str, result_shapes, **attrs) -> Callable:
     """A function calling the FFI target of `op` on `backend`.
 
     Handlers treat every leading dimension beyond the op's own as batch, so the call is
-    batched by broadcasting (vmap and nested vmap just add leading dimensions).
+    batched by broadcasting (vmap and nested vmap just add leading dimensions): the operands
+    are broadcast to the batch first, unless the handlers broadcast themselves.
     """
-    call = ffi_call(backends.target_name(op, backend), result_shapes, vmap_method="broadcast_all")
+    family = op.split("_")[0]
+    method = "expand_dims" if (backend, family) in _BROADCASTING else "broadcast_all"
+    call = ffi_call(backends.target_name(op, backend), result_shapes, vmap_method=method)
     return lambda *args: call(*args, **attrs)
 
 
