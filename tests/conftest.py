@@ -129,3 +129,26 @@ def assert_topk_equivalent(values, indices, ref_values, ref_indices, scores_of, 
     np.testing.assert_allclose(np.where(indices >= 0, picked, -np.inf), values, rtol=rtol, atol=rtol)
     for row_i, row_r in zip(indices.reshape(-1, indices.shape[-1]), ref_indices.reshape(-1, indices.shape[-1])):
         assert len(set(row_i[row_i >= 0])) == (row_i >= 0).sum(), "duplicate index in a row"
+
+
+def order_keys(scores):
+    """The total order of the contract as unsigned keys: -NaN < -inf < ... < -0 < +0 < ... < NaN."""
+    bits = np.asarray(scores, np.float32).view(np.uint32)  # 16-bit floats widen exactly
+    return np.where(bits >> 31, ~bits, bits | np.uint32(0x80000000))
+
+
+def numpy_topk(scores, k, lengths):
+    """The contract, computed independently of jax.lax.top_k (which on GPU does not order
+    -0.0 below +0.0 or -NaN below -inf for small k)."""
+    x = np.asarray(scores)
+    flat = x.reshape(-1, x.shape[-1])
+    lens = np.asarray(lengths).reshape(-1)
+    values = np.full((flat.shape[0], k), -np.inf, x.dtype)
+    indices = np.full((flat.shape[0], k), -1, np.int32)
+    for r, (row, length) in enumerate(zip(flat, lens)):
+        valid = int(np.clip(length, 0, row.shape[0]))
+        keys = order_keys(row[:valid])
+        order = np.lexsort((np.arange(valid), -keys.astype(np.int64)))[:k]
+        values[r, :len(order)] = row[order]
+        indices[r, :len(order)] = order
+    return values.reshape(x.shape[:-1] + (k,)), indices.reshape(x.shape[:-1] + (k,))

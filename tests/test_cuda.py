@@ -15,7 +15,7 @@ import jax_hetero as jh
 from jax_hetero import backends
 from jax_hetero.ops.gather import gather_reference
 from jax_hetero.ops.sparse_attention import selected_token_mask, sparse_attention_reference
-from conftest import SPECIALS, child_env, skip_module_without_cuda, topk_edge_rows
+from conftest import SPECIALS, child_env, numpy_topk, skip_module_without_cuda, topk_edge_rows
 
 skip_module_without_cuda()
 
@@ -31,29 +31,6 @@ def assert_same_bits(got, want):
     assert got.shape == want.shape and got.dtype == want.dtype
     view = {2: np.uint16, 4: np.uint32}[got.dtype.itemsize]
     np.testing.assert_array_equal(got.view(view), want.view(view))
-
-
-def order_keys(scores):
-    """The total order of the contract as unsigned keys: -NaN < -inf < ... < -0 < +0 < ... < NaN."""
-    bits = np.asarray(scores, np.float32).view(np.uint32)  # 16-bit floats widen exactly
-    return np.where(bits >> 31, ~bits, bits | np.uint32(0x80000000))
-
-
-def numpy_topk(scores, k, lengths):
-    """The contract, computed independently of jax.lax.top_k (which on GPU does not order
-    -0.0 below +0.0 or -NaN below -inf for small k)."""
-    x = np.asarray(scores)
-    flat = x.reshape(-1, x.shape[-1])
-    lens = np.asarray(lengths).reshape(-1)
-    values = np.full((flat.shape[0], k), -np.inf, x.dtype)
-    indices = np.full((flat.shape[0], k), -1, np.int32)
-    for r, (row, length) in enumerate(zip(flat, lens)):
-        valid = int(np.clip(length, 0, row.shape[0]))
-        keys = order_keys(row[:valid])
-        order = np.lexsort((np.arange(valid), -keys.astype(np.int64)))[:k]
-        values[r, :len(order)] = row[order]
-        indices[r, :len(order)] = order
-    return values.reshape(x.shape[:-1] + (k,)), indices.reshape(x.shape[:-1] + (k,))
 
 
 def check_topk(scores, k, lengths=None):

@@ -13,32 +13,11 @@ import numpy as np
 import pytest
 
 import jax_hetero as jh
-from conftest import SPECIALS, skip_module_without_cuda
+from conftest import SPECIALS, numpy_topk, skip_module_without_cuda
 
 skip_module_without_cuda()
 
 DTYPES = [jnp.float32, jnp.bfloat16, jnp.float16]
-
-
-def order_keys(scores):
-    """-NaN < -inf < ... < -0 < +0 < ... < +inf < NaN as unsigned keys."""
-    bits = np.asarray(scores, np.float32).view(np.uint32)  # 16-bit floats widen exactly
-    return np.where(bits >> 31, ~bits, bits | np.uint32(0x80000000))
-
-
-def numpy_topk(scores, k, lengths):
-    x = np.asarray(scores)
-    flat = x.reshape(-1, x.shape[-1])
-    lens = np.asarray(lengths).reshape(-1)
-    values = np.full((flat.shape[0], k), -np.inf, x.dtype)
-    indices = np.full((flat.shape[0], k), -1, np.int32)
-    for r, (row, length) in enumerate(zip(flat, lens)):
-        valid = int(np.clip(length, 0, row.shape[0]))
-        keys = order_keys(row[:valid])
-        order = np.lexsort((np.arange(valid), -keys.astype(np.int64)))[:k]
-        values[r, :len(order)] = row[order]
-        indices[r, :len(order)] = order
-    return values.reshape(x.shape[:-1] + (k,)), indices.reshape(x.shape[:-1] + (k,))
 
 
 @functools.lru_cache(maxsize=None)
