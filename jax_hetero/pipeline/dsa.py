@@ -15,9 +15,9 @@ in the retrieve step, as the FPGA runs it; relevancy then only projects the quer
 where JAX's default backend is an accelerator -- DeepSeek keeps its indexer in low precision
 (FP8); it halves the bytes streamed per step and takes the GPU's tensor-core path -- and
 ``"float32"`` on the CPU, where XLA rewrites every bfloat16 cache update as a copy of the
-whole buffer; any of ``"bfloat16"``, ``"float16"``, ``"float32"`` can be given).  The indexer is a small Flax module
-(:class:`LightningIndexer`), randomly initialised; DeepSeek trains it to match the
-attention distribution.
+whole buffer; any of ``"bfloat16"``, ``"float16"``, ``"float32"`` can be given).  The
+indexer is a small Flax module (:class:`LightningIndexer`), randomly initialised; DeepSeek
+trains it to match the attention distribution.
 """
 from __future__ import annotations
 
@@ -62,11 +62,12 @@ class DSARecipe(AttentionRecipe):
         if key_dtype is None:
             key_dtype = "float32" if jax.default_backend() == "cpu" else "bfloat16"
         try:
-            self.key_dtype = jnp.dtype(key_dtype)
+            name = jnp.dtype(key_dtype).name
         except TypeError:
-            self.key_dtype = None
-        if str(self.key_dtype) not in KEY_DTYPES:
+            name = None
+        if name not in KEY_DTYPES:
             raise ValueError(f"dsa: key_dtype={key_dtype!r} is not one of {KEY_DTYPES}")
+        self.key_dtype = jnp.dtype(name)
         self.fused = fused
         self.budget = budget if budget is not None else min(2048, self.capacity)
         self.check_budget(self.budget)
