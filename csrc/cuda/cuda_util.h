@@ -33,10 +33,12 @@ inline ffi::Error cuda_error(const char* op, cudaError_t err, const char* what) 
 // Run-time check of an index argument (index_check.cu): queue_index_check launches, before
 // the op's kernels (which must skip entries outside [-1, upper) on their own), a kernel that
 // records an offending entry in a 2-int scratch flag; read_index_check, after them, copies the
-// flag back (one stream sync, so the host cannot run ahead of this call).
+// flag back (one stream sync, so the host cannot run ahead of this call) and reports the entry
+// as "<op>: <name> contains <value>, outside [0, upper) (<what>); use -1 ...".
 ffi::Error queue_index_check(const char* op, cudaStream_t stream, ffi::ScratchAllocator& scratch,
                              const int32_t* indices, int64_t count, int64_t upper, int sms, int** flag);
-ffi::Error read_index_check(const char* op, cudaStream_t stream, const int* flag, bool* bad, int* value);
+ffi::Error read_index_check(const char* op, cudaStream_t stream, const int* flag, const char* name, int64_t upper,
+                            const std::string& what);
 
 // The device that owns XLA's stream (never assume device 0) and its SM count.
 struct DeviceInfo {

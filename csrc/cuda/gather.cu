@@ -108,13 +108,7 @@ ffi::Error gather_cuda(cudaStream_t stream, ffi::ScratchAllocator scratch, ffi::
   else if (row_bytes % 4 == 0) launched = launch_gather<uint32_t>(stream, src, indices.typed_data(), dst, map, batches, rows, m, row_bytes, dev.sms, bad);
   else launched = launch_gather<uint16_t>(stream, src, indices.typed_data(), dst, map, batches, rows, m, row_bytes, dev.sms, bad);
   JH_RETURN_IF_ERROR(launched);
-  bool found = false;
-  int value = 0;
-  JH_RETURN_IF_ERROR(read_index_check(op, stream, bad, &found, &value));
-  if (found)
-    return data_error(op, "indices contains ", value, ", outside [0, ", m, ") (table has ", m,
-                      " rows); use -1 for an unused slot");
-  return ffi::Error::Success();
+  return read_index_check(op, stream, bad, "indices", m, "table has " + std::to_string(m) + " rows");
 }
 
 }  // namespace

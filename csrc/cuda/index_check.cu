@@ -28,12 +28,14 @@ ffi::Error queue_index_check(const char* op, cudaStream_t stream, ffi::ScratchAl
   return ffi::Error::Success();
 }
 
-ffi::Error read_index_check(const char* op, cudaStream_t stream, const int* flag, bool* bad, int* value) {
+ffi::Error read_index_check(const char* op, cudaStream_t stream, const int* flag, const char* name, int64_t upper,
+                            const std::string& what) {
   int host[2] = {0, 0};
   JH_CUDA_CHECK(op, cudaMemcpyAsync(host, flag, sizeof(host), cudaMemcpyDeviceToHost, stream));
   JH_CUDA_CHECK(op, cudaStreamSynchronize(stream));
-  *bad = host[0] != 0;
-  *value = host[1];
+  if (host[0])
+    return data_error(op, name, " contains ", host[1], ", outside [0, ", upper, ") (", what,
+                      "); use -1 for an unused slot");
   return ffi::Error::Success();
 }
 

@@ -716,13 +716,8 @@ ffi::Error sparse_attention_cuda(cudaStream_t stream, ffi::ScratchAllocator scra
       default: return go(std::integral_constant<int, 8>{});
     }
   }));
-  bool bad = false;
-  int value = 0;
-  JH_RETURN_IF_ERROR(read_index_check(op, stream, index_flag, &bad, &value));
-  if (bad)
-    return data_error(op, "block_indices contains ", value, ", outside [0, ", nb, ") (k has ", nb, " blocks of ",
-                      block_size, " tokens); use -1 for an unused slot");
-  return ffi::Error::Success();
+  return read_index_check(op, stream, index_flag, "block_indices", nb,
+                          "k has " + std::to_string(nb) + " blocks of " + std::to_string(block_size) + " tokens");
 }
 
 }  // namespace
