@@ -143,8 +143,9 @@ def test_stale_memory_is_detected_and_resent(rng):
     lengths = jnp.array([400, 300], jnp.int32)
     f, ref = indexer_fn("dsa", 8, "fpga"), indexer_fn("dsa", 8, "xla")
     f(q, keys, weights, lengths)
-    # Same buffer shape, a resident row rewritten (the last one is always checked).
-    changed = keys.at[0, 399].set(50.0)
+    # Same buffer shape, a resident row rewritten (the last one is always checked); the new row
+    # points along sum_h w_h q_h, so sum_h w_h ReLU(q_h . k) >= 50 * |sum_h w_h q_h|_1 wins.
+    changed = keys.at[0, 399].set(50.0 * jnp.sign(weights[0] @ q[0]))
     out = f(q, changed, weights, lengths)
     np.testing.assert_array_equal(np.asarray(out[1]), np.asarray(ref(q, changed, weights, lengths)[1]))
     assert fpga.stats()[-1]["stale_detected"]
