@@ -11,7 +11,7 @@ query over a document store of `context` words; its time includes the prefill of
 assembled prompt (the rest of the model for rag).
 
     python bench/placement_repro.py [--contexts 16K,32K,64K,128K] [--recipes seer,quest,dsa,rag,rag-bm25]
-                                    [--markdown docs/placement_repro.md] [--json PATH]
+                                    [--markdown docs/placement_repro.md] [--json PATH] [--no-cpu]
 
 --gpu-profile PATH plans for a GPU + FPGA machine from the step times that `jax-hetero profile`
 recorded on a GPU (e.g. docs/profile_gpu.json: the same measurement the planner makes live),
@@ -39,6 +39,8 @@ def main(argv=None):
     parser.add_argument("--recipes", default="seer,quest,dsa,rag,rag-bm25")
     parser.add_argument("--markdown", metavar="PATH")
     parser.add_argument("--json", metavar="PATH")
+    parser.add_argument("--no-cpu", action="store_true",
+                        help="plan for GPU + FPGA only, as the paper does (the CPU is not measured)")
     parser.add_argument("--gpu-profile", metavar="PATH",
                         help="plan GPU + FPGA from a GPU profile's JSON instead of measuring here")
     args = parser.parse_args(argv)
@@ -55,7 +57,9 @@ def main(argv=None):
                   f"profile` ({args.gpu_profile}); devices: gpu (power assumed {GPU_ACTIVE_W:.0f} W active, "
                   f"{GPU_IDLE_W:.0f} W idle), fpga (time, transfers and power modelled)")
     else:
-        devices = available_devices()
+        devices = [d for d in available_devices() if not (args.no_cpu and d.name == "cpu")]
+        if args.no_cpu and not any(d.name == "gpu" for d in devices):
+            parser.error("--no-cpu: JAX sees no GPU here, so nothing could be measured")
         header = (f"{datetime.date.today().isoformat()}, jax {jax.__version__}, measured on {device_name()}; "
                   f"devices: " + ", ".join(f"{d.name} (backend {d.backend}, power {d.power_source})" for d in devices)
                   + f"; 1-min load average at start {os.getloadavg()[0]:.1f}")
@@ -103,7 +107,8 @@ def table(rows, results):
 def write(args, header, rows, results):
     if args.markdown:
         with open(args.markdown, "w") as f:
-            source = f" --gpu-profile {args.gpu_profile}" if args.gpu_profile else ""
+            source = (f" --gpu-profile {args.gpu_profile}" if args.gpu_profile else "") + (
+                " --no-cpu" if args.no_cpu else "")
             f.write(f"Measured + modelled: {header}\n\nCommand: `python bench/placement_repro.py "
                     f"--contexts {args.contexts} --recipes {args.recipes}{source}`\n\n{table(rows, results)}\n")
     if args.json:

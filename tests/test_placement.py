@@ -191,3 +191,23 @@ def test_rag_measured_plan_runs_in_a_pipeline():
     for key in ("documents", "tokens", "length"):
         np.testing.assert_array_equal(outputs[0][key], outputs[1][key])
     assert "yeast" in docs[int(outputs[0]["documents"][0, 0])]
+
+
+def test_gpu_power_reader_index_and_fallback(monkeypatch, tmp_path):
+    from jax_hetero.placement import devices
+    gpu = type("FakeGpu", (), {"id": 1})()
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
+    assert devices.nvml_index(gpu) == 5  # NVML counts every GPU, JAX only the visible ones
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    assert devices.nvml_index(gpu) == 1
+    # Without pynvml, power comes from nvidia-smi; a fake one on PATH stands in for the driver.
+    monkeypatch.setitem(__import__("sys").modules, "pynvml", None)
+    fake = tmp_path / "nvidia-smi"
+    fake.write_text("#!/bin/sh\necho 123.5\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert devices.power_reader(0)() == 123.5
+    fake.write_text("#!/bin/sh\nexit 9\n")
+    assert devices.power_reader(0) is None
+    monkeypatch.setenv("PATH", str(tmp_path / "none"))
+    assert devices.power_reader(0) is None

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import subprocess
 import threading
 import time
 
@@ -78,19 +79,45 @@ def transfer_seconds(num_bytes: int, source: str, target: str) -> tuple[float, s
     return PCIE_HOST_GPU_LATENCY_S + num_bytes / PCIE_HOST_GPU_BYTES_PER_S, "assumed (PCIe)"
 
 
+def nvml_index(device) -> int:
+    """NVML's index of JAX GPU `device`: NVML numbers every GPU, CUDA only the visible ones."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")
+    if device.id < len(visible) and visible[device.id].strip().isdigit():
+        return int(visible[device.id])
+    return device.id
+
+
+def power_reader(index: int):
+    """A function returning the board power of GPU `index` in watts (NVML through pynvml, or
+    through nvidia-smi where pynvml is not installed), or None if neither works."""
+    try:
+        import pynvml
+        pynvml.nvmlInit()
+        handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+        return lambda: pynvml.nvmlDeviceGetPowerUsage(handle) / 1e3
+    except Exception:  # not installed, or no permission / driver: try nvidia-smi
+        pass
+    command = ["nvidia-smi", "-i", str(index), "--query-gpu=power.draw", "--format=csv,noheader,nounits"]
+
+    def read():
+        return float(subprocess.run(command, capture_output=True, text=True, check=True,
+                                    timeout=10).stdout.strip())
+    try:
+        read()
+    except (OSError, ValueError, subprocess.SubprocessError):
+        return None
+    return read
+
+
 def nvml_power(device) -> tuple[float | None, float | None]:
     """(idle, busy) board power in watts of `device` from NVML, or (None, None).
 
     Idle is read at rest; busy is the mean draw while a large matmul loop runs on it.
     """
-    try:
-        import pynvml
-    except ImportError:
+    read = power_reader(nvml_index(device))
+    if read is None:
         return None, None
     try:
-        pynvml.nvmlInit()
-        handle = pynvml.nvmlDeviceGetHandleByIndex(device.id)
-        read = lambda: pynvml.nvmlDeviceGetPowerUsage(handle) / 1e3
         idle = read()
         samples, done = [], threading.Event()
 
@@ -104,12 +131,12 @@ def nvml_power(device) -> tuple[float | None, float | None]:
         step(x).block_until_ready()
         thread = threading.Thread(target=sample)
         thread.start()
-        end = time.perf_counter() + 1.0
+        end = time.perf_counter() + 2.0
         while time.perf_counter() < end:
             x = step(x)
         x.block_until_ready()
         done.set()
         thread.join()
         return idle, sum(samples) / max(len(samples), 1)
-    except Exception:  # NVML present but unusable (no permission, no driver): fall back
+    except Exception:  # the reader failed mid-way: fall back to the assumed figures
         return None, None
