@@ -25,7 +25,7 @@ def cases():
     b, hq, hkv, d, n, kb, bs = 32, 32, 8, 128, 131_072, 64, 64
     blocks = jnp.broadcast_to(jnp.arange(kb, dtype=jnp.int32) * (n // bs // kb), (b, hkv, kb))
     yield ("sparse_attention b32 hq32 hkv8 d128 bf16 64x64",
-           lambda q, k_, v, i: jh.sparse_attention(q, k_, v, i, block_size=bs, backend="cuda"),
+           lambda q, k_, v, i: jh.sparse_attention(q, k_, v, i, block_size=bs, backend="cuda", check_indices=False),
            (normal((b, hq, d), jnp.bfloat16), normal((b, n, hkv, d), jnp.bfloat16),
             normal((b, n, hkv, d), jnp.bfloat16), blocks))
 

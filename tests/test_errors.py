@@ -78,6 +78,35 @@ def test_sparse_attention_block_out_of_range_at_run_time(backend):
         jax.block_until_ready(f(jnp.full((2, 2, 3), 4, jnp.int32)))
 
 
+@pytest.mark.parametrize("backend", BACKENDS + (["fpga"] if jh.backends.has("gather", "fpga") else []))
+def test_gather_unchecked_reads_bad_indices_as_missing(backend):
+    table = jnp.arange(8.0).reshape(4, 2)
+    f = jax.jit(lambda t, i: jh.gather(t, i, backend=backend, check_indices=False))
+    np.testing.assert_array_equal(f(table, jnp.array([4, 1, -7, 3, 2**30])), [[0, 0], [2, 3], [0, 0], [6, 7], [0, 0]])
+    # nothing flows back to the rows that were not read
+    grad = jax.grad(lambda t: f(t, jnp.array([1, 4, -3])).sum())(table)
+    np.testing.assert_array_equal(grad, [[0, 0], [1, 1], [0, 0], [0, 0]])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_sparse_attention_unchecked_skips_bad_blocks(backend):
+    rng = np.random.default_rng(0)
+    qr, kr, vr = (jnp.asarray(rng.standard_normal(s), jnp.float32) for s in ((2, 4, 8), (2, 32, 2, 8), (2, 32, 2, 8)))
+    bad = jnp.array([[[0, 4, 2], [-5, 1, 99]], [[3, 3, 2**30], [2, -1, 4]]], jnp.int32)
+    good = jnp.where((bad >= 0) & (bad < 4), bad, -1)
+    run = lambda i, check: jax.jit(lambda i: jh.sparse_attention(qr, kr, kr * vr, i, block_size=8, backend=backend,
+                                                                 check_indices=check))(i)
+    np.testing.assert_allclose(run(bad, False), run(good, True), rtol=1e-6, atol=1e-6)
+    loss = lambda i: lambda q: jh.sparse_attention(q, kr, vr, i, block_size=8, backend=backend,
+                                                   check_indices=False).sum()
+    np.testing.assert_allclose(jax.grad(loss(bad))(qr), jax.grad(loss(good))(qr), rtol=1e-5, atol=1e-6)
+
+
+def test_check_indices_must_be_a_bool():
+    with pytest.raises(TypeError, match="gather: check_indices must be a static Python bool"):
+        jh.gather(jnp.ones((4, 2)), jnp.array([1]), check_indices=jnp.bool_(True) + 0)
+
+
 def test_missing_backend_says_how_to_build():
     missing = [b for b in ("cuda", "fpga") if jh.backends.module(b) is None]
     if not missing:

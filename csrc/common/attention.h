@@ -89,14 +89,15 @@ struct TokenRange {
 };
 
 // The token ranges of one (batch, KV head): its selected blocks in slot order, each once
-// (-1 slots skipped), clipped to tokens < limit.  Indices must be in range.  `seen` holds
-// one bit per block, all clear, and is left clear.
+// (-1 slots and blocks starting at or past `limit` <= n skipped, so indices outside [0, nb)
+// read nothing), clipped to tokens < limit.  `seen` holds one bit per block, all clear, and
+// is left clear.
 inline void select_token_ranges(const int32_t* slots, int64_t kb, int64_t block_size, int64_t limit,
                                 std::vector<uint64_t>& seen, std::vector<TokenRange>& ranges) {
   ranges.clear();
   for (int64_t s = 0; s < kb; ++s) {
     const int64_t block = slots[s];
-    if (block < 0) continue;
+    if (block < 0 || block * block_size >= limit) continue;
     uint64_t& word = seen[block >> 6];
     const uint64_t bit = uint64_t(1) << (block & 63);
     if (word & bit) continue;
@@ -105,7 +106,7 @@ inline void select_token_ranges(const int32_t* slots, int64_t kb, int64_t block_
     if (begin < end) ranges.push_back({begin, end});
   }
   for (int64_t s = 0; s < kb; ++s)  // clear only the bits set above
-    if (slots[s] >= 0) seen[slots[s] >> 6] = 0;
+    if (slots[s] >= 0 && slots[s] * block_size < limit) seen[slots[s] >> 6] = 0;
 }
 
 // Streaming softmax state of a group of query heads: per head the running maximum logit,

@@ -17,9 +17,11 @@ template <class B> auto topk_signature(B b) {
       .template Ret<ffi::AnyBuffer>().template Ret<ffi::Buffer<ffi::S32>>().template Attr<int64_t>("k");
 }
 
-// table [..., m, F], indices [..., R] -> out [..., R, F]
+// table [..., m, F], indices [..., R] -> out [..., R, F].  check_indices: an index outside
+// [-1, m) is an error (true) or reads as -1, a zero row (false: no device sync on a GPU).
 template <class B> auto gather_signature(B b) {
-  return std::move(b).template Arg<ffi::AnyBuffer>().template Arg<ffi::Buffer<ffi::S32>>().template Ret<ffi::AnyBuffer>();
+  return std::move(b).template Arg<ffi::AnyBuffer>().template Arg<ffi::Buffer<ffi::S32>>().template Ret<ffi::AnyBuffer>()
+      .template Attr<bool>("check_indices");
 }
 
 // k [..., n, hkv, d], lengths [...] -> mean, or (min, max), [..., nb, hkv, d]
@@ -57,7 +59,8 @@ template <class B> auto indexer_results(B b) {
 template <class B> auto sparse_attention_signature(B b) {
   return std::move(b).template Arg<ffi::AnyBuffer>().template Arg<ffi::AnyBuffer>().template Arg<ffi::AnyBuffer>()
       .template Arg<ffi::Buffer<ffi::S32>>().template Arg<ffi::Buffer<ffi::S32>>()
-      .template Ret<ffi::AnyBuffer>().template Attr<int64_t>("block_size").template Attr<float>("scale");
+      .template Ret<ffi::AnyBuffer>().template Attr<int64_t>("block_size").template Attr<float>("scale")
+      .template Attr<bool>("check_indices");  // as for gather: false skips blocks outside [0, nb)
 }
 
 // q [..., hq, d], k, v [..., n, hkv, d], block_indices [..., hkv, kb], lengths [...],

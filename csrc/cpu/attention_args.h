@@ -23,7 +23,7 @@ bool same_shape(const A& a, const B& b) {
 inline ffi::Error read_attention_args(const char* op, const ffi::AnyBuffer& q, const ffi::AnyBuffer& k,
                                       const ffi::AnyBuffer& v, const ffi::Buffer<ffi::S32>& block_indices,
                                       const ffi::Buffer<ffi::S32>& lengths, int64_t block_size,
-                                      AttentionShapes& s) {
+                                      AttentionShapes& s, bool check_indices = true) {
   if (q.dimensions().size() < 2 || k.dimensions().size() < 3 || block_indices.dimensions().size() < 2)
     return op_error(op, "expected q [..., hq, d], k/v [..., n, hkv, d] and block_indices [..., hkv, kb]");
   s.hq = dim_from_end(q, 1);
@@ -46,6 +46,7 @@ inline ffi::Error read_attention_args(const char* op, const ffi::AnyBuffer& q, c
   if (k.element_type() != q.element_type() || v.element_type() != q.element_type())
     return op_error(op, "q, k and v must share a dtype, got ", dtype_name(q.element_type()), ", ",
                     dtype_name(k.element_type()), ", ", dtype_name(v.element_type()));
+  if (!check_indices) return ffi::Error::Success();  // select_token_ranges skips bad blocks
   const int64_t nb = (s.n + block_size - 1) / block_size;
   const int32_t* indices = block_indices.typed_data();
   for (size_t i = 0; i < block_indices.element_count(); ++i)

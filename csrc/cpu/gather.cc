@@ -17,7 +17,8 @@ namespace {
 
 constexpr const char* kOp = "gather";
 
-ffi::Error gather_cpu(ffi::AnyBuffer table, ffi::Buffer<ffi::S32> indices, ffi::Result<ffi::AnyBuffer> out) {
+ffi::Error gather_cpu(ffi::AnyBuffer table, ffi::Buffer<ffi::S32> indices, ffi::Result<ffi::AnyBuffer> out,
+                      bool check_indices) {
   auto table_dims = table.dimensions(), index_dims = indices.dimensions(), out_dims = out->dimensions();
   if (table_dims.size() < 2 || index_dims.size() < 1 || out_dims.size() < 2)
     return op_error(kOp, "expected table [..., m, F], indices [..., R] and out [..., R, F]");
@@ -53,7 +54,7 @@ ffi::Error gather_cpu(ffi::AnyBuffer table, ffi::Buffer<ffi::S32> indices, ffi::
         continue;
       }
       std::memset(to, 0, row_bytes);
-      if (i != -1) {
+      if (check_indices && i != -1) {
         int64_t seen = first_bad.load();
         while (row < seen && !first_bad.compare_exchange_weak(seen, row)) {}
       }

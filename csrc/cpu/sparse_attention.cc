@@ -94,9 +94,11 @@ void attention(const T* q, const T* k, const T* v, const int32_t* block_indices,
 
 ffi::Error sparse_attention_cpu(ffi::AnyBuffer q, ffi::AnyBuffer k, ffi::AnyBuffer v,
                                 ffi::Buffer<ffi::S32> block_indices, ffi::Buffer<ffi::S32> lengths,
-                                ffi::Result<ffi::AnyBuffer> out, int64_t block_size, float scale) {
+                                ffi::Result<ffi::AnyBuffer> out, int64_t block_size, float scale,
+                                bool check_indices) {
   AttentionShapes s;
-  if (ffi::Error err = read_attention_args(kOp, q, k, v, block_indices, lengths, block_size, s); err.failure())
+  if (ffi::Error err = read_attention_args(kOp, q, k, v, block_indices, lengths, block_size, s, check_indices);
+      err.failure())
     return err;
   if (out->element_type() != q.element_type() || !same_shape(*out, q))
     return op_error(kOp, "the output must have q's shape and dtype");

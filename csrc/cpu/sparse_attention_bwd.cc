@@ -158,7 +158,9 @@ ffi::Error sparse_attention_bwd_cpu(ffi::AnyBuffer q, ffi::AnyBuffer k, ffi::Any
                                     ffi::Result<ffi::AnyBuffer> dk, ffi::Result<ffi::AnyBuffer> dv,
                                     int64_t block_size, float scale) {
   AttentionShapes s;
-  if (ffi::Error err = read_attention_args(kOp, q, k, v, block_indices, lengths, block_size, s); err.failure())
+  // No index check: the forward checked (or was told not to, and skipped bad blocks, as here).
+  if (ffi::Error err = read_attention_args(kOp, q, k, v, block_indices, lengths, block_size, s,
+                                           /*check_indices=*/false); err.failure())
     return err;
   const ffi::DataType type = q.element_type();
   if (!same_shape(g, q) || g.element_type() != type) return op_error(kOp, "g must have q's shape and dtype");

@@ -9,8 +9,8 @@
 // mma.sync m16n8k16 (the group's query heads are the M rows, padded to 16), online softmax
 // in base 2.  Warps, then splits (merge kernel), are combined with the log-sum-exp rule.
 //
-// float32, other head dims or groups: the warp kernel (every warp streams tokens, K and V rows
-// read once for all query heads of the group, shuffle dot products).
+// float32, other head dims (any d <= 256) or groups: the warp kernel (every warp streams tokens,
+// K and V rows read once for all query heads of the group, shuffle dot products).
 #include <algorithm>
 #include <atomic>
 #include <climits>
@@ -51,6 +51,21 @@ __device__ __forceinline__ void load_row(const T* src, float* out) {
   }
 }
 
+// Loads this lane's `count` (< N) in-row elements one by one and zeroes the rest: head dims
+// that are not a multiple of 32 leave the last lanes partly or wholly outside the row.
+template <class T, int N>
+__device__ __forceinline__ void load_row_part(const T* src, float* out, int count) {
+#pragma unroll
+  for (int i = 0; i < N; ++i) out[i] = i < count ? to_f32(src[i]) : 0.f;
+}
+
+// Vector loads only when d == 32 N: other head dims leave rows unaligned for them.
+template <class T, int N>
+__device__ __forceinline__ void load_lane(const T* src, float* out, int count, bool whole_rows) {
+  if (whole_rows) load_row<T, N>(src, out);
+  else load_row_part<T, N>(src, out, count);
+}
+
 struct AttnParams {
   int64_t n;
   int hq, hkv, d, group, kb, block_size;
@@ -81,6 +96,9 @@ attention_kernel(const T* q, const T* k, const T* v, const int32_t* block_indice
       if (slots[e] == b) b = -1;
     s_block[s - s0] = b;
   }
+  // Lane l holds elements [l * DPL, l * DPL + DPL) of a row; `mine` of them are inside it.
+  const int mine = max(0, min(DPL, p.d - lane * DPL));
+  const bool whole = p.d == 32 * DPL;
   float qv[G][DPL], acc[G][DPL], m[G], l[G];
 #pragma unroll
   for (int h = 0; h < G; ++h) {
@@ -88,7 +106,7 @@ attention_kernel(const T* q, const T* k, const T* v, const int32_t* block_indice
     l[h] = 0.f;
 #pragma unroll
     for (int i = 0; i < DPL; ++i) acc[h][i] = 0.f, qv[h][i] = 0.f;
-    if (h < p.group) load_row<T, DPL>(q + (row * p.hq + head_kv * p.group + h) * p.d + lane * DPL, qv[h]);
+    if (h < p.group) load_lane<T, DPL>(q + (row * p.hq + head_kv * p.group + h) * p.d + lane * DPL, qv[h], mine, whole);
   }
   __syncthreads();
 
@@ -106,8 +124,8 @@ attention_kernel(const T* q, const T* k, const T* v, const int32_t* block_indice
       const int64_t pos = int64_t(block) * p.block_size + t % p.block_size;
       ok[u] = block >= 0 && pos < limit;
       if (ok[u]) {
-        load_row<T, DPL>(kbase + pos * row_stride, kf[u]);
-        load_row<T, DPL>(vbase + pos * row_stride, vf[u]);
+        load_lane<T, DPL>(kbase + pos * row_stride, kf[u], mine, whole);
+        load_lane<T, DPL>(vbase + pos * row_stride, vf[u], mine, whole);
       }
     }
 #pragma unroll
@@ -147,7 +165,8 @@ attention_kernel(const T* q, const T* k, const T* v, const int32_t* block_indice
     if (h >= p.group) break;
     if (lane == 0) s_m[warp][h] = m[h], s_l[warp][h] = l[h];
 #pragma unroll
-    for (int i = 0; i < DPL; ++i) s_acc[(warp * p.group + h) * p.d + lane * DPL + i] = acc[h][i];
+    for (int i = 0; i < DPL; ++i)
+      if (i < mine) s_acc[(warp * p.group + h) * p.d + lane * DPL + i] = acc[h][i];
   }
   __syncthreads();
   for (int e = threadIdx.x; e < p.group * p.d; e += kAttnThreads) {
@@ -646,7 +665,7 @@ inline bool mma_kernel_allowed() {
 ffi::Error sparse_attention_cuda(cudaStream_t stream, ffi::ScratchAllocator scratch, ffi::AnyBuffer q,
                                  ffi::AnyBuffer k, ffi::AnyBuffer v, ffi::Buffer<ffi::S32> block_indices,
                                  ffi::Buffer<ffi::S32> lengths, ffi::Result<ffi::AnyBuffer> out,
-                                 int64_t block_size, float scale) {
+                                 int64_t block_size, float scale, bool check_indices) {
   const char* op = "sparse_attention";
   if (q.dimensions().size() < 2 || k.dimensions().size() < 3 || block_indices.dimensions().size() < 2)
     return op_error(op, "expected q [b, hq, d], k/v [b, n, hkv, d], block_indices [b, hkv, kb]");
@@ -675,8 +694,7 @@ ffi::Error sparse_attention_cuda(cudaStream_t stream, ffi::ScratchAllocator scra
   if (q.element_type() != k.element_type() || q.element_type() != v.element_type())
     return op_error(op, "q, k and v must share a dtype");
   if (rows == 0 || p.hq == 0 || p.d == 0) return ffi::Error::Success();
-  if (p.d != 32 && p.d != 64 && p.d != 128 && p.d != 256)
-    return op_error(op, "head dim d=", p.d, " is not supported by the CUDA kernel (32, 64, 128 or 256)");
+  if (p.d > 256) return op_error(op, "head dim d=", p.d, " is not supported by the CUDA kernel (at most 256)");
   p.scale_log2 = scale * 1.4426950408889634f;
   DeviceInfo dev;
   JH_RETURN_IF_ERROR(device_info(op, stream, &dev));
@@ -689,8 +707,9 @@ ffi::Error sparse_attention_cuda(cudaStream_t stream, ffi::ScratchAllocator scra
   // Both kernels skip blocks outside [0, nb); the check turns them into an error.
   const int64_t nb = (p.n + block_size - 1) / block_size;
   int* index_flag = nullptr;
-  JH_RETURN_IF_ERROR(queue_index_check(op, stream, scratch, block_indices.typed_data(),
-                                       int64_t(block_indices.element_count()), nb, dev.sms, &index_flag));
+  if (check_indices)
+    JH_RETURN_IF_ERROR(queue_index_check(op, stream, scratch, block_indices.typed_data(),
+                                         int64_t(block_indices.element_count()), nb, dev.sms, &index_flag));
   JH_RETURN_IF_ERROR(dispatch_float(op, "q", q.element_type(), [&](auto tag) -> ffi::Error {
     using T = decltype(tag);
     if constexpr (!std::is_same_v<T, float>) {
@@ -709,13 +728,13 @@ ffi::Error sparse_attention_cuda(cudaStream_t stream, ffi::ScratchAllocator scra
                                                     v.untyped_data(), block_indices.typed_data(),
                                                     lengths.typed_data(), out->untyped_data(), rows, p, dev);
     };
-    switch (p.d / 32) {
-      case 1: return go(std::integral_constant<int, 1>{});
-      case 2: return go(std::integral_constant<int, 2>{});
-      case 4: return go(std::integral_constant<int, 4>{});
-      default: return go(std::integral_constant<int, 8>{});
-    }
+    const int per_lane = (p.d + 31) / 32;  // elements a lane holds: 1, 2, 4 or 8
+    if (per_lane == 1) return go(std::integral_constant<int, 1>{});
+    if (per_lane == 2) return go(std::integral_constant<int, 2>{});
+    if (per_lane <= 4) return go(std::integral_constant<int, 4>{});
+    return go(std::integral_constant<int, 8>{});
   }));
+  if (!check_indices) return ffi::Error::Success();
   return read_index_check(op, stream, index_flag, "block_indices", nb,
                           "k has " + std::to_string(nb) + " blocks of " + std::to_string(block_size) + " tokens");
 }

@@ -246,12 +246,19 @@ void Bridge::gather(const GatherRequest& r) {
   rec.row_bytes = r.row_bytes;
 
   std::vector<uint8_t> words(size_t(r.count * layout.entry_bytes));
+  std::vector<int32_t> unchecked;
   try {
     mirror_->begin_call();
     SyncReport report;
     for (int64_t i = 0; i < r.index_batch; ++i) {
       const int64_t t = r.table_of[size_t(i)];
       const int32_t* indices = r.indices + i * r.count;
+      if (!r.check_indices) {  // the kernel reports bad indices: hand it -1 for them instead
+        unchecked.assign(indices, indices + r.count);
+        for (int32_t& index : unchecked)
+          if (index < -1 || index >= r.table_rows) index = -1;
+        indices = unchecked.data();
+      }
       const MemoryHandle handle = mirror_->sync_rows(layout, *r.table, t, indices, r.count, report);
       int32_t status[3] = {0, 0, 0};
       GatherLaunch launch;

@@ -43,6 +43,7 @@ struct GatherRequest {
   RowSource* table = nullptr;        // [table_batch, table_rows, row_bytes]
   const int32_t* indices = nullptr;  // host [index_batch, count]
   uint8_t* out = nullptr;            // host [index_batch, count, row_bytes]
+  bool check_indices = true;         // false: an index outside [-1, table_rows) reads as -1
 };
 
 // What one call did; the Python side turns it into modelled device time (timing_model.py).

@@ -183,7 +183,7 @@ ffi::Error indexer_dsa(ffi::Context ctx, ffi::AnyBuffer q, ffi::AnyBuffer keys, 
 }
 
 ffi::Error gather_fpga(ffi::Context ctx, ffi::AnyBuffer table, ffi::Buffer<ffi::S32> indices,
-                       ffi::Result<ffi::AnyBuffer> out) {
+                       ffi::Result<ffi::AnyBuffer> out, bool check_indices) {
   const char* op = "gather";
   fpga::GatherRequest r;
   if (!element_type(table.element_type(), r.dtype))
@@ -197,6 +197,7 @@ ffi::Error gather_fpga(ffi::Context ctx, ffi::AnyBuffer table, ffi::Buffer<ffi::
   r.table_batch = leading_size(table, 2);
   r.index_batch = leading_size(indices, 1);
   r.count = dim_from_end(indices, 0);
+  r.check_indices = check_indices;
   // expand_dims batching: a leading table dim of 1 broadcasts against the indices'.
   const size_t lead = idims.size() - 1;
   for (size_t d = 0; d < lead; ++d) {

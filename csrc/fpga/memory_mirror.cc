@@ -1,8 +1,8 @@
 #include "fpga/memory_mirror.h"
 
 #include <algorithm>
+#include <cstdio>
 #include <cstring>
-#include <sstream>
 
 namespace jax_hetero::fpga {
 namespace {
@@ -18,11 +18,12 @@ uint64_t mix(uint64_t h) {  // murmur3's 64-bit finaliser
   return h ^ (h >> 33);
 }
 
+// snprintf, not iostreams: formatting numbers through an ostream crashed inside the module
+// on the GPU machine (see common/ffi_util.h).
 std::string gib(uint64_t bytes) {
-  std::ostringstream s;
-  s.precision(3);
-  s << double(bytes) / double(uint64_t(1) << 30) << " GiB";
-  return s.str();
+  char text[32];
+  std::snprintf(text, sizeof text, "%.3g GiB", double(bytes) / double(uint64_t(1) << 30));
+  return text;
 }
 
 }  // namespace

@@ -46,6 +46,13 @@ def static_int(op: str, name: str, value, low: int | None = None, high: int | No
     return value
 
 
+def static_bool(op: str, name: str, value) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{op}: {name} must be a static Python bool, got {type(value).__name__}; "
+                        f"pass True or False (mark it static under jax.jit)")
+    return bool(value)
+
+
 def shape_is(op: str, name: str, x, expected: tuple, hint: str = ""):
     if tuple(x.shape) != tuple(expected):
         raise ValueError(f"{op}: {name} must have shape {tuple(expected)}, got {tuple(x.shape)}"

@@ -18,8 +18,8 @@ _F32 = jnp.float32
 def selected_token_mask(block_indices, lengths, block_size: int, n: int):
     """Token positions [b, hkv, kb, block_size] of the selected blocks and which count.
 
-    A slot counts when its block index is >= 0, it is the first slot with that index
-    (duplicates count once) and the token is < lengths[b] (and < n).
+    A slot counts when its block index is in [0, ceil(n / block_size)), it is the first
+    slot with that index (duplicates count once) and the token is < lengths[b] (and < n).
     """
     kb = block_indices.shape[-1]
     earlier = jnp.tril(jnp.ones((kb, kb), bool), -1)  # earlier[j, i]: i < j
@@ -27,7 +27,8 @@ def selected_token_mask(block_indices, lengths, block_size: int, n: int):
     duplicate = jnp.any(same & earlier, axis=-1)
     pos = block_indices[..., None] * block_size + jnp.arange(block_size, dtype=jnp.int32)
     limit = jnp.minimum(lengths, n)[:, None, None, None]
-    valid = ((block_indices >= 0) & ~duplicate)[..., None] & (pos < limit)
+    in_range = (block_indices >= 0) & (block_indices < -(-n // block_size))  # pos may wrap in int32
+    valid = (in_range & ~duplicate)[..., None] & (pos < limit)
     return jnp.clip(pos, 0, n - 1), valid
 
 
@@ -54,24 +55,26 @@ def sparse_attention_reference(q, k, v, block_indices, lengths, block_size: int,
     return out.reshape(b, hq, d).astype(q.dtype)
 
 
-def _checked_reference(q, k, v, block_indices, lengths, *, block_size, scale, num_blocks):
-    _checks.check_index_range(OP, "block_indices", block_indices, num_blocks,
-                              f"k has {num_blocks} blocks of {block_size} tokens")
+def _checked_reference(q, k, v, block_indices, lengths, *, block_size, scale, num_blocks, check_indices):
+    if check_indices:
+        _checks.check_index_range(OP, "block_indices", block_indices, num_blocks,
+                                  f"k has {num_blocks} blocks of {block_size} tokens")
     return sparse_attention_reference(q, k, v, block_indices, lengths, block_size, scale)
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7))
-def _sparse_attention(q, k, v, block_indices, lengths, block_size, scale, backend):
+@partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7, 8))
+def _sparse_attention(q, k, v, block_indices, lengths, block_size, scale, backend, check_indices):
     num_blocks = -(-k.shape[1] // block_size)
-    reference = partial(_checked_reference, block_size=block_size, scale=scale, num_blocks=num_blocks)
+    reference = partial(_checked_reference, block_size=block_size, scale=scale, num_blocks=num_blocks,
+                        check_indices=check_indices)
     out = jax.ShapeDtypeStruct(q.shape, q.dtype)
     compiled = lambda name: (lambda *a: _dispatch.ffi(OP, name, (out,), block_size=np.int64(block_size),
-                                                        scale=np.float32(scale))(*a)[0])
+                                                        scale=np.float32(scale), check_indices=check_indices)(*a)[0])
     return _dispatch.run(OP, backend, reference, compiled, q, k, v, block_indices, lengths)
 
 
-def _fwd(q, k, v, block_indices, lengths, block_size, scale, backend):
-    out = _sparse_attention(q, k, v, block_indices, lengths, block_size, scale, backend)
+def _fwd(q, k, v, block_indices, lengths, block_size, scale, backend, check_indices):
+    out = _sparse_attention(q, k, v, block_indices, lengths, block_size, scale, backend, check_indices)
     return out, (q, k, v, block_indices, lengths)
 
 
@@ -81,7 +84,7 @@ def _reference_vjp(q, k, v, block_indices, lengths, g, *, block_size, scale):
     return vjp(g)
 
 
-def _bwd(block_size, scale, backend, residuals, g):
+def _bwd(block_size, scale, backend, check_indices, residuals, g):
     q, k, v, _, _ = residuals
     reference = partial(_reference_vjp, block_size=block_size, scale=scale)
     # cpu and cuda run their sparse_attention_bwd handler (backend="auto": the one of the
@@ -101,7 +104,7 @@ _sparse_attention.defvjp(_fwd, _bwd)
 
 
 def sparse_attention(q, k, v, block_indices, *, block_size: int, lengths=None, scale=None,
-                     backend: str = "auto"):
+                     backend: str = "auto", check_indices: bool = True):
     """Decode attention of one query per sequence over the selected KV blocks.
 
     q ``[b, hq, d]``, k/v ``[b, n, hkv, d]`` (``hq % hkv == 0``), block_indices int32
@@ -110,6 +113,10 @@ def sparse_attention(q, k, v, block_indices, *, block_size: int, lengths=None, s
     head's selected blocks that are ``< lengths[b]``, with scale ``d**-0.5`` by default.
     A row with no valid token gives zeros.  Differentiable with respect to q, k and v.
     Token-sparse attention (DSA) is ``block_size=1`` with token indices.
+    A block index outside ``[-1, ceil(n / block_size))`` is an error (at trace time when
+    concrete, else a ``JaxRuntimeError`` at run time); ``check_indices=False`` skips that
+    run-time check, which costs a device-to-host synchronisation per call on a GPU, and such
+    blocks are then skipped like -1.  Use it where the indices come from `topk`/`indexer`.
     """
     q = _validate.float_array(OP, "q", q, rank=3)
     k = _validate.float_array(OP, "k", k, rank=4)
@@ -127,10 +134,11 @@ def sparse_attention(q, k, v, block_indices, *, block_size: int, lengths=None, s
                          f"got {block_indices.shape}")
     if not (q.dtype == k.dtype == v.dtype):
         raise TypeError(f"{OP}: q, k and v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    check_indices = _validate.static_bool(OP, "check_indices", check_indices)
     num_blocks = -(-n // block_size)
-    if _validate.is_concrete(block_indices):
+    if check_indices and _validate.is_concrete(block_indices):
         _checks.check_index_range(OP, "block_indices", block_indices, num_blocks,
                                   f"k has {num_blocks} blocks of {block_size} tokens")
     lengths = _validate.lengths_array(OP, lengths, (b,), n, "q.shape[0]")
     scale = float(d ** -0.5 if scale is None else scale)
-    return _sparse_attention(q, k, v, block_indices, lengths, block_size, scale, backend)
+    return _sparse_attention(q, k, v, block_indices, lengths, block_size, scale, backend, check_indices)

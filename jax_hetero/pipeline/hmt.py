@@ -83,7 +83,8 @@ class HMTRecipe(Recipe):
             weights = jnp.where(self.stored(memory)[:, None] > 0, weights, 0.0)
             return {"memories": jnp.einsum("bm,bme->be", weights, memory["bank"])[:, None]}
         indices = ops.topk(scores, self.k, lengths=self.stored(memory), backend=backend)[1]
-        memories = jax.vmap(lambda bank, idx: ops.gather(bank, idx, backend=backend))(memory["bank"], indices)
+        gather = lambda bank, idx: ops.gather(bank, idx, backend=backend, check_indices=False)  # from topk
+        memories = jax.vmap(gather)(memory["bank"], indices)
         return {"memories": memories, "indices": indices}
 
     def apply(self, memory, query, selection, *, backend):
