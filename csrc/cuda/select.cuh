@@ -379,13 +379,11 @@ __device__ __forceinline__ void store_key(uint32_t* keys, int i, uint32_t key, u
   atomicAdd(&hist[key >> (32 - kDigitBits)], 1u);
 }
 
-// Counts the first radix digit of `key` where `valid`.  The whole warp must call it together
-// (converged, all 32 lanes): lanes with the same digit add once, so hot bins (most keys of
-// smooth data fall in a few) do not serialise the shared-memory atomics.
-__device__ __forceinline__ void count_first_digit_warp(uint32_t* hist, uint32_t key, bool valid) {
-  const uint32_t bin = key >> (32 - kDigitBits);
-  const unsigned peers = __match_any_sync(~0u, valid ? bin : ~0u);  // invalid lanes match no bin
-  if (valid && int(threadIdx.x & 31) == __ffs(peers) - 1) atomicAdd(&hist[bin], uint32_t(__popc(peers)));
+// Counts the first digit of `key` in the shared histogram when `valid`: one shared-memory
+// atomic per key.  (Aggregating lanes of a bin with __match_any_sync first was slower: H100,
+// 2026-11-28, 64 x 131072 top-2048 f32 116 -> 83 us, bf16 122 -> 67 us, 1 x 131072 30 -> 25 us.)
+__device__ __forceinline__ void count_first_digit(uint32_t* hist, uint32_t key, bool valid) {
+  if (valid) atomicAdd(&hist[key >> (32 - kDigitBits)], 1u);
 }
 
 // Candidates of an earlier level: keys and original indices, [rows, m] with the first
@@ -418,7 +416,7 @@ struct PairLoader {
         out_keys[i] = key;
         out_idx[i] = si[i];
       }
-      count_first_digit_warp(hist, key, ok);
+      count_first_digit(hist, key, ok);
     }
   }
 };

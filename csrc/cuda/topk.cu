@@ -39,13 +39,6 @@ __device__ uint32_t tile_floor(const uint32_t* hist, int64_t k) {
   return s_floor;
 }
 
-// Counts the first digit of `key` where `keep`; the whole warp calls it together.  Aggregated
-// over lanes of the same bin when several lanes count, plain atomics when at most two do.
-__device__ __forceinline__ void count_kept_digit(uint32_t* hist, uint32_t key, bool keep) {
-  if (__popc(__ballot_sync(~0u, keep)) > 2) count_first_digit_warp(hist, key, keep);
-  else if (keep) atomicAdd(&hist[key >> (32 - kDigitBits)], 1u);
-}
-
 template <class T>
 struct RawLoader {
   static constexpr bool kHasIdx = false;
@@ -91,7 +84,7 @@ struct RawLoader {
           for (int q = 0; q < kVec; ++q) {
             const uint32_t key = key_of(e[q]);
             if (ok) keys[i * kVec + q] = key;
-            count_kept_digit(hist, key, ok && key >= floor);
+            count_first_digit(hist, key, ok && key >= floor);
           }
           if (base == 0 && floor == 0 && (j == 0 || j == 3)) {  // vectors [0, (j + 1) * 512) are counted
             const int tile_vectors = (j + 1) * kSelectThreads;
@@ -106,7 +99,7 @@ struct RawLoader {
       const bool ok = i < len;
       const uint32_t key = ok ? key_of(src[i]) : 0u;
       if (ok) keys[i] = key;
-      count_kept_digit(hist, key, ok && key >= floor);
+      count_first_digit(hist, key, ok && key >= floor);
     }
   }
 };
