@@ -61,7 +61,8 @@ def main(argv=None):
         if args.no_cpu and not any(d.name == "gpu" for d in devices):
             parser.error("--no-cpu: JAX sees no GPU here, so nothing could be measured")
         header = (f"{datetime.date.today().isoformat()}, jax {jax.__version__}, measured on {device_name()}; "
-                  f"devices: " + ", ".join(f"{d.name} (backend {d.backend}, power {d.power_source})" for d in devices)
+                  f"devices: " + ", ".join(f"{d.name} (backend {d.backend}, power {d.power_source}: {d.active_w:.0f} W "
+                                  f"active, {d.idle_w:.0f} W idle)" for d in devices)
                   + f"; 1-min load average at start {os.getloadavg()[0]:.1f}")
     print(header, flush=True)
     rows, results = [], []
