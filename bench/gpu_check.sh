@@ -6,8 +6,8 @@
 # (decode-step profile) and placement (planner reproduction with measured GPU steps and NVML
 # power).  On a machine with two or more GPUs, tests/suite/profile run on GPU 0 while
 # probe/bench/ncu/placement run on GPU 1.  profile/placement need Flax: the device image has it; otherwise
-# carry wheels/ (bench/fetch_device_wheels.sh).  Logs go to $OUT (or ./out); a summary is
-# printed last.
+# carry wheels/ (bench/fetch_device_wheels.sh).  Logs go to $OUT/logs.tgz ($OUT defaults to
+# ./out); a summary is printed last.
 #   STEPS="tests bench" BENCH_ARGS="--quick" bench/gpu_check.sh [pytest args ...]
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -75,7 +75,7 @@ lane1() {  # benchmark, ncu, placement (GPU 1 when there are two)
     timeout ${NCU_TIMEOUT:-200} ncu --clock-control none -k regex:'select_kernel|scores_kernel|attention_mma' \
       --section SpeedOfLight --section MemoryWorkloadAnalysis --section WarpStateStats --section Occupancy \
       --section LaunchStats python3 "$repo/bench/ncu_cases.py" >"$logs/ncu.txt" 2>&1
-    grep -E "^  case:|^  [a-z_]+kernel|Duration|Memory Throughput|DRAM Throughput|Compute \(SM\)|Registers Per|Achieved Occupancy|Grid Size" "$logs/ncu.txt" | head -120
+    grep -E "^case:|^  void|Duration|Memory Throughput|DRAM Throughput|Compute \(SM\)|Registers Per|Achieved Occupancy|Grid Size" "$logs/ncu.txt" | head -120
   fi
   if want placement; then
     need_flax

@@ -1,6 +1,8 @@
 """Run each benchmark shape of the bars once, for Nsight Compute to profile its kernels.
 
-    ncu --clock-control none -k regex:'select|scores|attention' python bench/ncu_cases.py
+    ncu --clock-control none -k regex:'select_kernel|scores_kernel|attention_mma' python bench/ncu_cases.py
+
+(bench/gpu_check.sh, step ncu, adds the sections it reads.)
 
 Compilation launches none of our kernels, so each case's kernels show up once in ncu's report,
 in the order printed here.

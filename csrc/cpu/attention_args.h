@@ -23,7 +23,7 @@ bool same_shape(const A& a, const B& b) {
 inline ffi::Error read_attention_args(const char* op, const ffi::AnyBuffer& q, const ffi::AnyBuffer& k,
                                       const ffi::AnyBuffer& v, const ffi::Buffer<ffi::S32>& block_indices,
                                       const ffi::Buffer<ffi::S32>& lengths, int64_t block_size,
-                                      AttentionShapes& s, bool check_indices = true) {
+                                      AttentionShapes& s, bool check_indices) {
   if (q.dimensions().size() < 2 || k.dimensions().size() < 3 || block_indices.dimensions().size() < 2)
     return op_error(op, "expected q [..., hq, d], k/v [..., n, hkv, d] and block_indices [..., hkv, kb]");
   s.hq = dim_from_end(q, 1);
