@@ -418,9 +418,10 @@ F32 = jnp.float32
      (jnp.ones((2, 9, 2, 8)), jnp.ones(2, jnp.int32)), {"block_size": 4}, "summarize: each output"),
     ("summarize_minmax", (jax.ShapeDtypeStruct((2, 3, 2, 8), F32),) * 2,
      (jnp.ones((2, 9, 2, 8)), jnp.ones(2, jnp.int32)), {"block_size": 0}, "summarize: block_size=0"),
-    ("gather", jax.ShapeDtypeStruct((3, 4), F32), (jnp.ones((5, 4)), jnp.zeros(2, jnp.int32)), {}, "gather: output rows"),
-    ("gather", jax.ShapeDtypeStruct((2, 4), jnp.float16), (jnp.ones((5, 4)), jnp.zeros(2, jnp.int32)), {},
-     "gather: output is float16"),
+    ("gather", jax.ShapeDtypeStruct((3, 4), F32), (jnp.ones((5, 4)), jnp.zeros(2, jnp.int32)),
+     {"check_indices": True}, "gather: output rows"),
+    ("gather", jax.ShapeDtypeStruct((2, 4), jnp.float16), (jnp.ones((5, 4)), jnp.zeros(2, jnp.int32)),
+     {"check_indices": True}, "gather: output is float16"),
 ])
 def test_handler_rejects_bad_operands(target, outs, args, attrs, pattern):
     # A repeated (cached) dispatch may raise ValueError instead (jax-ml/jax#34083).
