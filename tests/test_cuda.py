@@ -349,7 +349,7 @@ def test_sparse_attention(dtype, b, hq, hkv, d, n, kb, bs):
 
 
 # Tensor-core kernel (bfloat16/float16, d 64 or 128, group <= 8) and the warp kernel (float32,
-# other head dims): GQA groups 1..8, block sizes 1 to 300, token-sparse slots beyond the
+# other head dims up to 256): GQA groups 1..8, block sizes 1 to 300, token-sparse slots beyond the
 # dedup hash table, splits of one or many CTAs (merge kernel), lengths inside a block.
 ATTENTION_CASES = [  # b, hq, hkv, d, n, kb, bs
     (2, 16, 2, 128, 4096, 16, 64),   # group 8
@@ -362,6 +362,11 @@ ATTENTION_CASES = [  # b, hq, hkv, d, n, kb, bs
     (40, 16, 8, 128, 512, 16, 16),   # many (sequence, KV head) pairs: one split each
     (80, 8, 8, 64, 256, 8, 32),      # one split each, d 64
     (2, 8, 2, 64, 100, 3, 1000),     # blocks longer than k (only block 0), a length > n
+    # head dims that are not a multiple of 32 (warp kernel; the last lanes hold zeros)
+    (2, 4, 2, 8, 64, 4, 4),
+    (2, 6, 3, 40, 500, 12, 16),
+    (1, 8, 2, 100, 700, 20, 8),
+    (1, 4, 1, 250, 300, 5, 16),
 ]
 
 
