@@ -49,7 +49,7 @@ class Placement:
     energy_joules: float
     baseline_seconds: float
     baseline_energy_joules: float
-    devices: dict[str, str]          # device -> power source
+    devices: dict[str, str]          # device -> its power figures and where they come from
     backends: dict[str, str]         # device -> op backend
     date: str = dataclasses.field(default_factory=lambda: datetime.date.today().isoformat())
     options: dict = dataclasses.field(default_factory=dict)  # the options planned (rag: scoring, k, ...)
@@ -107,7 +107,7 @@ class Placement:
                     f"all on {self.model_device}: {self.baseline_seconds * 1e3:.3f} ms, "
                     f"{self.baseline_energy_joules * 1e3:.2f} mJ -> {self.speedup:.2f}x time, "
                     f"{self.energy_ratio:.2f}x energy")
-        rows.append("power: " + ", ".join(f"{d} {src}" for d, src in self.devices.items()))
+        rows.append("power: " + "; ".join(f"{d} {src}" for d, src in self.devices.items()))
         return "\n".join(rows)
 
     def to_dict(self) -> dict:
@@ -254,5 +254,6 @@ def plan_placement(recipe: str, context: int, *, devices: list[Device] | None = 
         bytes_in, t_in = transfers[step]
         choices.append(StepChoice(step, device, seconds, source, bytes_in * layers, t_in * layers, why))
     return Placement(recipe, context, model, choices, rest, total, energy, base_total, base_energy,
-                     {d.name: d.power_source for d in devices}, {d.name: d.backend for d in devices},
+                     {d.name: f"{d.power_source} ({d.active_w:.0f} W active, {d.idle_w:.0f} W idle)" for d in devices},
+                     {d.name: d.backend for d in devices},
                      options=options)
