@@ -16,6 +16,8 @@ from hypothesis import given, settings, strategies as st
 import jax_hetero as jh
 from jax_hetero import backends
 from jax_hetero._compat import RUNTIME_ERRORS, JaxRuntimeError
+from jax_hetero.ops.indexer import relevancy_then_topk
+from jax_hetero.ops.relevancy import prepare
 from conftest import child_env, random_array
 
 pytestmark = [pytest.mark.skipif(backends.module("cpu") is None, reason="no CPU backend"), pytest.mark.usefixtures("cpu_default_device")]
@@ -277,6 +279,18 @@ def test_indexer_inf_and_nan_scores(kind):
     entries = n if kind == "dsa" else n // block
     for k in (1, 5, entries):
         assert_same(call(jh.indexer, kind, "cpu", block, k)(*args), call(jh.indexer, kind, "xla", block, k)(*args))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_unfused_indexer_path_matches_the_fused_one(kind):
+    """relevancy_then_topk -- how the CUDA indexer runs k > 2048 -- on the CPU handlers."""
+    rng = np.random.default_rng(8)
+    q, memory, w, lengths = scoring_inputs(rng, jnp.float32, kind, 2, 2, 2, 16, 300, 4)
+    block = None if kind == "dsa" else 4
+    _, operands, entries, valid, shape = prepare("indexer", q, memory, kind, w, lengths, block)
+    k = entries // 2
+    got = jax.jit(relevancy_then_topk(kind, k, shape, "cpu"))(*operands, valid)
+    assert_same(got, call(jh.indexer, kind, "cpu", 4, k)(q, memory, w, lengths))
 
 
 @pytest.mark.parametrize("kind", KINDS)

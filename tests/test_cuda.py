@@ -201,7 +201,8 @@ def check_indexer_selection(values, indices, ref_values, scores):
 @needs("indexer_dsa")
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: jnp.dtype(d).name)
 @pytest.mark.parametrize("b,h,di,n,k", [(1, 64, 128, 131_072, 2048), (2, 64, 128, 5000, 64), (3, 4, 32, 700, 700),
-                                        (1, 16, 64, 400_000, 100)])
+                                        (1, 16, 64, 400_000, 100),
+                                        (2, 8, 64, 20_000, 3000)])  # k > 2048: relevancy, then topk
 def test_indexer_dsa(dtype, b, h, di, n, k):
     rng = np.random.default_rng(8)
     q, keys, w = dsa_inputs(rng, b, h, di, n, dtype)
@@ -244,6 +245,7 @@ BLOCK_CASES = [
     (2, 6, 2, 33, 50, 7, 5, (0, 20)),
     (2, 32, 8, 128, 20_000, 64, 2048, (20_000 * 64, 12_345 * 64 + 5)),
     (1, 2, 1, 16, 100_000, 4, 100, (250_001,)),
+    (2, 4, 2, 32, 6000, 4, 3000, (6000 * 4, 2500 * 4)),  # k > 2048: relevancy, then topk
 ]
 
 
