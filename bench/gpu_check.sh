@@ -92,6 +92,10 @@ if [ "$gpus" -ge 2 ]; then
   CUDA_VISIBLE_DEVICES=1 lane1 >"$logs/lane1.txt" 2>&1
   wait
   cat "$logs/lane1.txt" "$logs/lane0.txt"
+  if want tests || want suite; then  # with both GPUs visible: handlers follow XLA's stream
+    step "ops on the second GPU"
+    timeout 120 python3 -m pytest "$repo/tests/test_cuda.py" -k second_gpu -q -p no:cacheprovider 2>&1 | tail -3
+  fi
 else
   lane1
   lane0 "$@"

@@ -543,3 +543,31 @@ def test_sparse_attention_vmap_of_grad():
     ref = grads(lambda q, k, v, i, l: sparse_attention_reference(q, k, v, i, l, 8, 32 ** -0.5))
     for x, w in zip(cuda(q, k, v, block_indices, lengths, g), ref(q, k, v, block_indices, lengths, g)):
         np.testing.assert_allclose(np.asarray(x), np.asarray(w), rtol=1e-4, atol=1e-5)
+
+
+# ---- the device of XLA's stream ----
+
+def test_ops_run_on_a_second_gpu():
+    """Handlers use the device of the stream XLA gives them, not device 0: every op's result
+    on the second GPU equals its result on the first (and stays on the second)."""
+    gpus = jax.devices("gpu")
+    if len(gpus) < 2:
+        pytest.skip("needs two visible GPUs")
+    rng = np.random.default_rng(17)
+    scores = jnp.asarray(rng.standard_normal((3, 50_000), np.float32))
+    table = jnp.asarray(rng.standard_normal((300, 64), np.float32))
+    rows = jnp.asarray(rng.integers(-1, 300, (40,)).astype(np.int32))
+    q, keys, w = dsa_inputs(rng, 2, 8, 64, 5000, jnp.bfloat16)
+    aq, ak, av, blocks = attention_inputs(rng, 2, 8, 2, 128, 4096, 16, 64, jnp.bfloat16)
+    cases = [
+        (lambda s: jh.topk(s, 2048, backend="cuda"), (scores,)),
+        (lambda t, i: jh.gather(t, i, backend="cuda"), (table, rows)),
+        (lambda q, k, w: jh.indexer(q, k, 64, kind="dsa", weights=w, backend="cuda"), (q, keys, w)),
+        (lambda q, k, v, i: jh.sparse_attention(q, k, v, i, block_size=64, backend="cuda"), (aq, ak, av, blocks)),
+    ]
+    for fn, args in cases:
+        first = jax.jit(fn)(*jax.device_put(args, gpus[0]))
+        second = jax.jit(fn)(*jax.device_put(args, gpus[1]))
+        for a, b in zip(jax.tree.leaves(first), jax.tree.leaves(second)):
+            assert b.devices() == {gpus[1]}
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
