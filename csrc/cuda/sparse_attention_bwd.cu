@@ -81,6 +81,27 @@ __global__ void bwd_slots_kernel(const int32_t* block_indices, const int32_t* le
   slots[i] = block;
 }
 
+// What a CTA of the stats and gradient kernels works on: (sequence row, KV head) pair and split
+// of its slots [s0, s1), with the tokens below `limit` counting.
+struct BwdWork {
+  int split, head_kv, s0, s1;
+  int64_t pair, row, limit;
+  const int32_t* slots;  // the pair's counting slots
+};
+
+__device__ __forceinline__ BwdWork bwd_work(const int32_t* lengths, const BwdParams& p) {
+  BwdWork w;
+  w.split = int(blockIdx.x % unsigned(p.splits));
+  w.pair = blockIdx.x / unsigned(p.splits);
+  w.row = w.pair / p.hkv;
+  w.head_kv = int(w.pair % p.hkv);
+  w.slots = p.slots + w.pair * p.kb;
+  w.s0 = w.split * p.slots_per_split;
+  w.s1 = min(p.kb, w.s0 + p.slots_per_split);
+  w.limit = min64(max64(lengths[w.row], 0), p.n);
+  return w;
+}
+
 // Loads q and g of the pair's query heads into shared memory as float32 ([group][d] each).
 template <class T>
 __device__ __forceinline__ void bwd_load_heads(const T* q, const T* g, int64_t pair, const BwdParams& p,
@@ -124,13 +145,10 @@ bwd_stats_kernel(const T* q, const T* k, const T* v, const T* g, const int32_t* 
   float* s_l = s_m + kBwdWarps * p.group;
   float* s_u = s_l + kBwdWarps * p.group;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const int split = int(blockIdx.x % unsigned(p.splits));
-  const int64_t pair = blockIdx.x / unsigned(p.splits);
-  const int64_t row = pair / p.hkv;
-  const int head_kv = int(pair % p.hkv);
-  const int32_t* slots = p.slots + pair * p.kb;
-  const int s0 = split * p.slots_per_split, s1 = min(p.kb, s0 + p.slots_per_split);
-  const int64_t limit = min64(max64(lengths[row], 0), p.n);
+  const BwdWork w = bwd_work(lengths, p);
+  const int split = w.split, head_kv = w.head_kv, s0 = w.s0, s1 = w.s1;
+  const int64_t pair = w.pair, row = w.row, limit = w.limit;
+  const int32_t* slots = w.slots;
   bwd_load_heads(q, g, pair, p, s_q, s_g);
   for (int e = threadIdx.x; e < kBwdWarps * p.group; e += blockDim.x) s_m[e] = -INFINITY, s_l[e] = 0.f, s_u[e] = 0.f;
   __syncthreads();
@@ -190,13 +208,10 @@ bwd_grads_kernel(const T* q, const T* k, const T* v, const T* g, const int32_t* 
   float* s_inv = s_m + p.group;        // [group]: 1 / sum e^(s - m), 0 for an empty row
   float* s_dot = s_inv + p.group;      // [group]: D = sum_t P dP
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const int split = int(blockIdx.x % unsigned(p.splits));
-  const int64_t pair = blockIdx.x / unsigned(p.splits);
-  const int64_t row = pair / p.hkv;
-  const int head_kv = int(pair % p.hkv);
-  const int32_t* slots = p.slots + pair * p.kb;
-  const int s0 = split * p.slots_per_split, s1 = min(p.kb, s0 + p.slots_per_split);
-  const int64_t limit = min64(max64(lengths[row], 0), p.n);
+  const BwdWork w = bwd_work(lengths, p);
+  const int split = w.split, head_kv = w.head_kv, s0 = w.s0, s1 = w.s1;
+  const int64_t pair = w.pair, row = w.row, limit = w.limit;
+  const int32_t* slots = w.slots;
   bwd_load_heads(q, g, pair, p, s_q, s_g);
   for (int e = threadIdx.x; e < p.group * p.d; e += blockDim.x) s_dq[e] = 0.f;
   for (int j = threadIdx.x; j < p.group; j += blockDim.x) {  // merge the splits' states
