@@ -114,6 +114,7 @@ def torch_available():
 
 
 ROWS = []  # (section, case, impl, seconds, bytes, note)
+BASELINES = True  # --no-baselines: time only jax_hetero (A/B runs of two builds)
 
 
 def record(section, case, impl, seconds, nbytes=None, note=""):
@@ -150,6 +151,8 @@ def bench_topk(quick, use_torch):
         t = time_jax(lambda x, dep: jh.topk(x, k, lengths=full + (dep > 1e30).astype(jnp.int32), backend="cuda"),
                      [(x,) for x in xs])
         record("topk", name, "jax_hetero cuda", t, nbytes, note)
+        if not BASELINES:
+            continue
         slow = rows * n >= 10_000_000 and k <= 16  # lax.top_k takes 15-155 ms here
         t = time_jax(lambda x, dep: jax.lax.top_k(x.at[0, 0].add((dep > 1e30).astype(x.dtype)), k),
                      [(x,) for x in xs[:1 if slow else r]], repeats=3 if slow else 7, budget_s=0.5)
@@ -209,6 +212,8 @@ def bench_indexer(quick, use_torch):
     t = time_jax(lambda q, kk, w, dep: jh.indexer(q, kk, k, kind="dsa", weights=w,
                                                   lengths=full + (dep > 1e30).astype(jnp.int32), backend="cuda"), sets)
     record("indexer", name, "jax_hetero cuda (fused)", t, nbytes, record_note)
+    if not BASELINES:
+        return
     t = time_jax(lambda q, kk, w, dep: jh.indexer(q, kk, k, kind="dsa", weights=w,
                                                   lengths=full - (dep > 1e30).astype(jnp.int32), backend="xla"), sets)
     record("indexer", name, "einsum+relu+lax.top_k", t, nbytes)
@@ -272,7 +277,11 @@ def main():
     parser.add_argument("--quick", action="store_true", help="fewer and smaller cases")
     parser.add_argument("--only", default="topk,gather,indexer,attention")
     parser.add_argument("--json")
+    parser.add_argument("--no-baselines", action="store_true",
+                        help="time only jax_hetero's kernels (topk, indexer), to compare two builds")
     args = parser.parse_args()
+    global BASELINES
+    BASELINES = not args.no_baselines
     use_torch = torch_available()
     print(f"device {jax.devices()[0].device_kind}, torch {'yes' if use_torch else 'no'}", flush=True)
     sections = {"topk": bench_topk, "gather": bench_gather, "indexer": bench_indexer, "attention": bench_attention}

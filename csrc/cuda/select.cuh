@@ -18,6 +18,24 @@
 namespace jax_hetero {
 namespace cg = cooperative_groups;
 
+// Development timing (build with CUDAFLAGS=-DJH_SELECT_TRACE): thread 0 of block 0 notes the
+// SM clock at each phase boundary and prints the cycles of every phase when it leaves.
+#ifdef JH_SELECT_TRACE
+#define JH_TRACE_START long long jh_t[20]; const char* jh_name[20]; int jh_n = 0; const long long jh_t0 = clock64()
+#define JH_TRACE(name) \
+  if (blockIdx.x == 0 && threadIdx.x == 0 && jh_n < 20) jh_t[jh_n] = clock64(), jh_name[jh_n++] = (name)
+#define JH_TRACE_END                                                                    \
+  if (blockIdx.x == 0 && threadIdx.x == 0) {                                            \
+    printf("select trace: grid %d, cluster %d, %d entries in block 0\n", gridDim.x, cs, len); \
+    for (int i = 0; i < jh_n; ++i)                                                      \
+      printf("  %-8s %8lld cycles\n", jh_name[i], jh_t[i] - (i ? jh_t[i - 1] : jh_t0));     \
+  }
+#else
+#define JH_TRACE_START
+#define JH_TRACE(name)
+#define JH_TRACE_END
+#endif
+
 
 constexpr int kSelectThreads = 512;
 constexpr int kSelectWarps = kSelectThreads / 32;
@@ -98,6 +116,7 @@ template <class Loader>
 __global__ void __launch_bounds__(kSelectThreads)
 select_kernel(const Loader loader, const SelectParams p) {
   extern __shared__ __align__(16) unsigned char smem[];
+  JH_TRACE_START;
   __shared__ typename ScanBlock::TempStorage scan_storage;
   __shared__ uint32_t s_digit, s_remaining, s_bin_full;
   __shared__ uint32_t s_warp_gt[kSelectWarps], s_warp_eq[kSelectWarps];
@@ -132,6 +151,7 @@ select_kernel(const Loader loader, const SelectParams p) {
   for (int b = tid; b < kBins; b += kSelectThreads) local_hist[b] = 0;
   __syncthreads();
   loader.load(row, begin, len, keys, idx, local_hist, smem + lay.extra);
+  JH_TRACE("load");
 
   // Warp w owns the contiguous entries [w_begin, w_end) of this CTA; its `sequence` is those
   // entries, or (once pass 1 has listed them, see below) only its survivors, in index order.
@@ -184,6 +204,7 @@ select_kernel(const Loader loader, const SelectParams p) {
       }
     }
     cluster.sync();  // every CTA's histogram is complete
+    JH_TRACE(pass == 0 ? "hist0" : "histN");
     if (pass == 1) {  // the same decision in every thread of the CTA
       bool fits = true;
       for (int w = 0; w < kSelectWarps; ++w) fits = fits && s_list_count[w] <= uint32_t(list_cap);
@@ -200,6 +221,7 @@ select_kernel(const Loader loader, const SelectParams p) {
       reinterpret_cast<uint4*>(merged)[b4] = sum;
     }
     cluster.sync();  // every slice is merged
+    JH_TRACE("merge");
     // ... then read the four bins kBins-4-4t ... kBins-1-4t from their owner (descending order).
     const int first_bin = kBins - 4 - tid * 4;
     const uint4 four = reinterpret_cast<const uint4*>(
@@ -223,6 +245,7 @@ select_kernel(const Loader loader, const SelectParams p) {
       before += cnt[j];
     }
     __syncthreads();
+    JH_TRACE("digit");
     prefix |= s_digit << lo;
     prefix_mask |= digit_mask << lo;
     remaining = s_remaining;
@@ -261,6 +284,7 @@ select_kernel(const Loader loader, const SelectParams p) {
     s_cta_eq = b;
   }
   cluster.sync();
+  JH_TRACE("count");
   if (warp == 0) {  // entries of lower ranks: one remote read per lane
     uint32_t a = lane < rank ? *cluster.map_shared_rank(&s_cta_gt, lane) : 0u;
     uint32_t b = lane < rank ? *cluster.map_shared_rank(&s_cta_eq, lane) : 0u;
@@ -301,7 +325,11 @@ select_kernel(const Loader loader, const SelectParams p) {
     pos += __popc(win_mask);
   }
   cluster.sync();  // winners are in place; no CTA touches another's memory after this
-  if (!p.final_level || rank != 0) return;
+  JH_TRACE("written");
+  if (!p.final_level || rank != 0) {
+    JH_TRACE_END;
+    return;
+  }
   // `selected` is uniform over the CTA from here on.
   const int sel = int(selected);
   for (int at = sel + tid; at < p.k; at += kSelectThreads) {  // slots without a valid entry
@@ -333,6 +361,8 @@ select_kernel(const Loader loader, const SelectParams p) {
       else static_cast<uint16_t*>(p.values)[o] = bits16_of_key(key);
       p.indices[o] = sort_idx[e];
     }
+    JH_TRACE("ranked");
+    JH_TRACE_END;
     return;
   }
 
@@ -371,6 +401,8 @@ select_kernel(const Loader loader, const SelectParams p) {
     }
     p.indices[o] = si[j];
   }
+  JH_TRACE("sorted");
+  JH_TRACE_END;
 }
 
 // Stores a key and counts its first radix digit.
