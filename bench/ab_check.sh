@@ -4,7 +4,8 @@
 # --target folder (all builds in parallel).  A variant whose flags hold -DJH_SELECT_TRACE runs
 # bench/ncu_cases.py once and prints the select kernel's cycles per phase; every other variant
 # times jax_hetero's kernels (bench/gpu_bench.py --no-baselines, sections BENCH_ONLY, default
-# topk,indexer).  The last timed variant also runs the top-k and indexer GPU tests.  Variants
+# topk,indexer).  The last timed variant also runs the top-k and indexer GPU tests (pytest -k
+# TESTS_K, default "topk or indexer"; the log keeps every failure's message).  Variants
 # run round-robin over the GPUs.  Logs go to $OUT (default ./out).
 #   bench/ab_check.sh A=.snap B=.new TB=.new=-DJH_SELECT_TRACE
 set -uo pipefail
@@ -41,7 +42,7 @@ run() {  # run NAME GPU
       --only "${BENCH_ONLY:-topk,indexer}" >"$out/bench_$name.log" 2>&1
     if [ "$name" = "$tested" ]; then
       timeout ${TESTS_TIMEOUT:-240} python3 -m pytest "$src/tests/test_cuda_topk.py" "$src/tests/test_cuda.py" \
-        -k "topk or indexer" -q -p no:cacheprovider -n 4 -rfE >"$out/tests_$name.log" 2>&1
+        -k "${TESTS_K:-topk or indexer}" -q -p no:cacheprovider -n 4 -rfE >"$out/tests_$name.log" 2>&1
     fi
   fi
 }
@@ -52,7 +53,7 @@ wait
 for name in "${names[@]}"; do
   [ -f "$out/trace_$name.txt" ] && { echo "== trace $name"; cat "$out/trace_$name.txt"; }
 done
-[ -n "$tested" ] && { echo "== tests of $tested"; tail -4 "$out/tests_$tested.log"; }
+[ -n "$tested" ] && { echo "== tests of $tested"; grep -E "^(FAILED|ERROR)" "$out/tests_$tested.log" | head -20; tail -2 "$out/tests_$tested.log"; }
 echo "== timings ($(date -u +%FT%TZ), $(nvidia-smi --query-gpu=name --format=csv,noheader | head -1))"
 for name in "${names[@]}"; do
   [ -f "$out/bench_$name.log" ] && { echo "-- $name"; grep -E "^\| (topk|indexer)" "$out/bench_$name.log" | cut -d'|' -f3,5,8; }
