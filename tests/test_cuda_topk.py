@@ -1,5 +1,6 @@
-"""CUDA top-k on inputs that defeat shortcuts of the selection kernel (thresholds estimated
-from part of a row, counting-rank final sort, narrowed sort bits, warp-aggregated counting):
+"""CUDA top-k on inputs that defeat shortcuts of the selection kernels (thresholds estimated
+from part of a row, counting-rank final sort, narrowed sort bits, warp-aggregated counting,
+the streaming level's running bar and in-place cuts):
 sorted rows, all-equal rows, many ties at the k-th value, specials, short valid lengths, rows
 whose early part is all small.  Compared bit for bit with a numpy total-order top-k.
 
@@ -26,15 +27,21 @@ def cuda_topk(k):
 
 
 def check(scores, k, lengths=None):
+    check_many(scores, (k,), lengths)
+
+
+def check_many(scores, ks, lengths=None):
+    """Each k of ks against one reference: the top-k is a prefix of the top-max(ks)."""
     if lengths is None:
         lengths = np.full(scores.shape[:-1], scores.shape[-1], np.int32)
     lengths = jnp.asarray(lengths, jnp.int32)
-    values, indices = cuda_topk(k)(scores, lengths)
-    ref_values, ref_indices = numpy_topk(scores, k, lengths)
-    np.testing.assert_array_equal(np.asarray(indices), ref_indices)
-    got, want = np.asarray(values), np.asarray(ref_values)
-    view = {2: np.uint16, 4: np.uint32}[got.dtype.itemsize]
-    np.testing.assert_array_equal(got.view(view), want.view(view))
+    ref_values, ref_indices = numpy_topk(scores, max(ks), lengths)
+    for k in ks:
+        values, indices = cuda_topk(k)(scores, lengths)
+        np.testing.assert_array_equal(np.asarray(indices), ref_indices[..., :k], err_msg=f"k={k}")
+        got, want = np.asarray(values), np.asarray(ref_values[..., :k])
+        view = {2: np.uint16, 4: np.uint32}[got.dtype.itemsize]
+        np.testing.assert_array_equal(got.view(view), want.view(view), err_msg=f"k={k}")
 
 
 def pattern_rows(name, rows, n, rng):
@@ -89,6 +96,45 @@ def test_topk_patterns_candidate_levels(pattern, dtype):
     for k in (1, 64, 2048):
         check(scores, k)
     check(scores, 300, np.array([600_000, 262_145], np.int32))
+
+
+# The streaming level (csrc/cuda/filter_select.cuh) takes rows with at least max(64 k, 8192)
+# entries per chunk when the chunks fill at least half the GPU's CTA slots (264 on an H100 or
+# H200); the shapes below are chosen to take it there.
+
+
+@pytest.mark.parametrize("pattern", PATTERNS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: jnp.dtype(d).name)
+def test_topk_patterns_streaming_level(pattern, dtype):
+    # Four rows of 1.5M in ~60 chunks each, then candidate levels.  Valid lengths end mid-chunk,
+    # mid-step, and below k (later chunks are empty).
+    rng = np.random.default_rng(25)
+    n = 1_500_000
+    scores = jnp.asarray(pattern_rows(pattern, 4, n, rng)).astype(dtype)
+    check_many(scores, (1, 16, 257), np.array([n, 1_000_001, 5000, 100], np.int32))
+
+
+@pytest.mark.parametrize("pattern", ["normal", "ascending", "all_equal", "few_values", "small_head",
+                                     "large_tail_ramp"])
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=lambda d: jnp.dtype(d).name)
+def test_topk_streaming_level_large_k(pattern, dtype):
+    # One row of 18M: chunks of at least 64 * 2048 entries, so k = 2048 streams too and the
+    # kept entries are cut several times per chunk.
+    rng = np.random.default_rng(26)
+    scores = jnp.asarray(pattern_rows(pattern, 1, 18_000_000, rng)).astype(dtype)
+    check_many(scores, (1000, 2048))
+
+
+@pytest.mark.parametrize("pattern", PATTERNS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: jnp.dtype(d).name)
+def test_topk_patterns_streaming_one_chunk(pattern, dtype):
+    # 300 rows of 32,768, one chunk each: the streaming kernel orders and writes the output
+    # itself (counting rank up to k = 256, block sort above), over two waves of CTAs.
+    rng = np.random.default_rng(27)
+    scores = jnp.asarray(pattern_rows(pattern, 300, 32_768, rng)).astype(dtype)
+    lengths = rng.integers(0, 32_769, 300).astype(np.int32)
+    lengths[:4] = [0, 1, 300, 32_768]
+    check_many(scores, (1, 64, 256, 512), lengths)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: jnp.dtype(d).name)

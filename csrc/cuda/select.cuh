@@ -112,6 +112,82 @@ using ScanBlock = cub::BlockScan<uint32_t, kSelectThreads>;
 // The sort reuses the histograms and the (already loaded) sort buffer, which lie back to back.
 static_assert(sizeof(SortBlock::TempStorage) <= 2 * kBins * 4 + 2 * kSortCap * 4, "sort storage too large");
 
+// Writes a final level's `sel` winners (shared memory, in index order) to row `row` of the
+// outputs, largest key first and ties in index order, and fills the slots past `sel` with -inf
+// and index -1.  sort_storage (at least sizeof(SortBlock::TempStorage) bytes of shared memory) may overlap
+// the winners: they are read before it is written.  Called by every thread.
+__device__ inline void write_final_order(const uint32_t* win_keys, const int32_t* win_idx, int sel, int64_t row,
+                                  const SelectParams& p, void* sort_storage) {
+  const int tid = threadIdx.x, lane = tid & 31;
+  for (int at = sel + tid; at < p.k; at += kSelectThreads) {  // slots without a valid entry
+    const int64_t o = row * p.k + at;
+    if (p.value_bytes == 4) static_cast<uint32_t*>(p.values)[o] = p.neg_inf_bits;
+    else static_cast<uint16_t*>(p.values)[o] = uint16_t(p.neg_inf_bits);
+    p.indices[o] = -1;
+  }
+
+  if (sel <= kRankSortMax) {
+    // Few winners: each one's output slot is the number of winners ranked above it (larger
+    // key, or equal key at a lower position, i.e. a lower index).  g threads share a winner.
+    int g = 1;
+    while (g < 32 && sel * g * 2 <= kSelectThreads) g *= 2;
+    const int e = tid / g, sub = tid % g;
+    const bool mine = e < sel;
+    const uint32_t key = mine ? win_keys[e] : 0u;
+    uint32_t above = 0;
+    if (mine) {
+      for (int j = sub; j < sel; j += g) {
+        const uint32_t kj = win_keys[j];
+        above += (kj > key || (kj == key && j < e)) ? 1u : 0u;
+      }
+    }
+    for (int o = 1; o < g; o <<= 1) above += __shfl_xor_sync(~0u, above, o);  // g lanes of one warp
+    if (mine && sub == 0) {
+      const int64_t o = row * p.k + above;
+      if (p.value_bytes == 4) static_cast<uint32_t*>(p.values)[o] = bits32_of_key(key);
+      else static_cast<uint16_t*>(p.values)[o] = bits16_of_key(key);
+      p.indices[o] = win_idx[e];
+    }
+    return;
+  }
+
+  // Sort the winners by key, descending; stable, so ties stay in index order.  Only the bits
+  // where the winners differ are sorted (all of them share the bits above).
+  __shared__ uint32_t s_diff;
+  if (tid == 0) s_diff = 0;
+  constexpr int kItems = kSortCap / kSelectThreads;
+  uint32_t sk[kItems];
+  int32_t si[kItems];
+  uint32_t diff = 0;
+  const uint32_t first_key = win_keys[0];
+#pragma unroll
+  for (int j = 0; j < kItems; ++j) {
+    const int at = tid * kItems + j;
+    sk[j] = at < sel ? win_keys[at] : 0u;  // padding sorts last (lowest digits, and after)
+    si[j] = at < sel ? win_idx[at] : -1;
+    if (at < sel) diff |= sk[j] ^ first_key;
+  }
+  diff = __reduce_or_sync(~0u, diff);
+  __syncthreads();  // s_diff is cleared; the winners are read
+  if (lane == 0 && diff) atomicOr(&s_diff, diff);
+  __syncthreads();
+  const int end_bit = max(32 - __clz(s_diff), p.key_low_bit + 1);
+  auto& storage = *static_cast<typename SortBlock::TempStorage*>(sort_storage);
+  SortBlock(storage).SortDescendingBlockedToStriped(sk, si, p.key_low_bit, end_bit);
+#pragma unroll
+  for (int j = 0; j < kItems; ++j) {
+    const int at = j * kSelectThreads + tid;
+    if (at >= sel) continue;
+    const int64_t o = row * p.k + at;
+    if (p.value_bytes == 4) {
+      static_cast<uint32_t*>(p.values)[o] = bits32_of_key(sk[j]);
+    } else {
+      static_cast<uint16_t*>(p.values)[o] = bits16_of_key(sk[j]);
+    }
+    p.indices[o] = si[j];
+  }
+}
+
 template <class Loader>
 __global__ void __launch_bounds__(kSelectThreads)
 select_kernel(const Loader loader, const SelectParams p) {
@@ -330,78 +406,9 @@ select_kernel(const Loader loader, const SelectParams p) {
     JH_TRACE_END;
     return;
   }
-  // `selected` is uniform over the CTA from here on.
-  const int sel = int(selected);
-  for (int at = sel + tid; at < p.k; at += kSelectThreads) {  // slots without a valid entry
-    const int64_t o = row * p.k + at;
-    if (p.value_bytes == 4) static_cast<uint32_t*>(p.values)[o] = p.neg_inf_bits;
-    else static_cast<uint16_t*>(p.values)[o] = uint16_t(p.neg_inf_bits);
-    p.indices[o] = -1;
-  }
-
-  if (sel <= kRankSortMax) {
-    // Few winners: each one's output slot is the number of winners ranked above it (larger
-    // key, or equal key at a lower position, i.e. a lower index).  g threads share a winner.
-    int g = 1;
-    while (g < 32 && sel * g * 2 <= kSelectThreads) g *= 2;
-    const int e = tid / g, sub = tid % g;
-    const bool mine = e < sel;
-    const uint32_t key = mine ? sort_keys[e] : 0u;
-    uint32_t above = 0;
-    if (mine) {
-      for (int j = sub; j < sel; j += g) {
-        const uint32_t kj = sort_keys[j];
-        above += (kj > key || (kj == key && j < e)) ? 1u : 0u;
-      }
-    }
-    for (int o = 1; o < g; o <<= 1) above += __shfl_xor_sync(~0u, above, o);  // g lanes of one warp
-    if (mine && sub == 0) {
-      const int64_t o = row * p.k + above;
-      if (p.value_bytes == 4) static_cast<uint32_t*>(p.values)[o] = bits32_of_key(key);
-      else static_cast<uint16_t*>(p.values)[o] = bits16_of_key(key);
-      p.indices[o] = sort_idx[e];
-    }
-    JH_TRACE("ranked");
-    JH_TRACE_END;
-    return;
-  }
-
-  // Rank 0 sorts the winners by key, descending; stable, so ties stay in index order.  Only the
-  // bits where the winners differ are sorted (all of them share the bits above).
-  __shared__ uint32_t s_diff;
-  if (tid == 0) s_diff = 0;
-  constexpr int kItems = kSortCap / kSelectThreads;
-  uint32_t sk[kItems];
-  int32_t si[kItems];
-  uint32_t diff = 0;
-  const uint32_t first_key = sort_keys[0];
-#pragma unroll
-  for (int j = 0; j < kItems; ++j) {
-    const int at = tid * kItems + j;
-    sk[j] = at < sel ? sort_keys[at] : 0u;  // padding sorts last (lowest digits, and after)
-    si[j] = at < sel ? sort_idx[at] : -1;
-    if (at < sel) diff |= sk[j] ^ first_key;
-  }
-  diff = __reduce_or_sync(~0u, diff);
-  __syncthreads();  // s_diff is cleared; the sort buffers are read
-  if (lane == 0 && diff) atomicOr(&s_diff, diff);
-  __syncthreads();
-  const int end_bit = max(32 - __clz(s_diff), p.key_low_bit + 1);
-  auto& sort_storage = *reinterpret_cast<typename SortBlock::TempStorage*>(hist);
-  SortBlock(sort_storage).SortDescendingBlockedToStriped(sk, si, p.key_low_bit, end_bit);
-#pragma unroll
-  for (int j = 0; j < kItems; ++j) {
-    const int at = j * kSelectThreads + tid;
-    if (at >= sel) continue;
-    const int64_t o = row * p.k + at;
-    if (p.value_bytes == 4) {
-      static_cast<uint32_t*>(p.values)[o] = bits32_of_key(sk[j]);
-    } else {
-      static_cast<uint16_t*>(p.values)[o] = bits16_of_key(sk[j]);
-    }
-    p.indices[o] = si[j];
-  }
-  JH_TRACE("sorted");
+  // The sort storage may overlap the histograms and sort buffers, which lie back to back.
+  write_final_order(sort_keys, sort_idx, int(selected), row, p, hist);
+  JH_TRACE("ordered");
   JH_TRACE_END;
 }
 
@@ -416,6 +423,32 @@ __device__ __forceinline__ void store_key(uint32_t* keys, int i, uint32_t key, u
 // 2026-11-28, 64 x 131072 top-2048 f32 116 -> 83 us, bf16 122 -> 67 us, 1 x 131072 30 -> 25 us.)
 __device__ __forceinline__ void count_first_digit(uint32_t* hist, uint32_t key, bool valid) {
   if (valid) atomicAdd(&hist[key >> (32 - kDigitBits)], 1u);
+}
+
+// After a CTA has counted the first digits of a first tile of its keys into hist: the lower
+// edge of the highest first-digit bin b such that at least k of the tile's keys lie in bins >= b
+// (0 when the tile has fewer than k keys).  Every thread gets the same value.
+__device__ inline uint32_t tile_floor(const uint32_t* hist, int64_t k) {
+  using Scan = cub::BlockScan<uint32_t, kSelectThreads, cub::BLOCK_SCAN_WARP_SCANS>;  // small storage
+  __shared__ typename Scan::TempStorage scan;
+  __shared__ uint32_t s_floor;
+  const int tid = threadIdx.x;
+  __syncthreads();  // the tile's counts are complete (and an earlier call's s_floor is read)
+  const int first_bin = kBins - 4 - tid * 4;  // this thread's bins, descending as in select_kernel
+  const uint4 four = reinterpret_cast<const uint4*>(hist)[first_bin / 4];
+  const uint32_t cnt[4] = {four.w, four.z, four.y, four.x};
+  uint32_t before, total;
+  Scan(scan).ExclusiveSum(cnt[0] + cnt[1] + cnt[2] + cnt[3], before, total);
+  // Exactly one thread writes s_floor: thread 0 if the tile has fewer than k keys, else the
+  // thread holding the bin where the count from the top reaches k.
+  if (tid == 0 && int64_t(total) < k) s_floor = 0;
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+    if (int64_t(before) < k && int64_t(before) + cnt[j] >= k) s_floor = uint32_t(kBins - 1 - (tid * 4 + j)) << (32 - kDigitBits);
+    before += cnt[j];
+  }
+  __syncthreads();
+  return s_floor;
 }
 
 // Candidates of an earlier level: keys and original indices, [rows, m] with the first
@@ -539,14 +572,13 @@ int max_cluster_size(int capacity, size_t extra_bytes) {
 
 constexpr int kPairCapacity = 8192;  // keys + indices per CTA for candidates (64 KiB)
 
-// Runs every selection level: level 0 with `first` (first_capacity keys per CTA, clusters of
-// at most first_cluster CTAs), then candidate levels until one segment per row remains.
-// `lengths` are the valid entries per row of the n that `first` scores.
-template <class First>
-ffi::Error run_select_levels(const char* op, cudaStream_t stream, ffi::ScratchAllocator& scratch,
-                             const First& first, int first_capacity, int first_cluster,
-                             const int32_t* lengths, int64_t rows, int64_t n, SelectParams p,
-                             const DeviceInfo& dev) {
+// Runs level 0, which launch_first(p) starts with the geometry first_plan, then candidate
+// levels until one segment per row remains.  `lengths` are the valid entries per row of the n
+// that level 0 reads; a non-final level 0 writes min(k, valid entries) candidates per segment.
+template <class LaunchFirst>
+ffi::Error run_levels(const char* op, cudaStream_t stream, ffi::ScratchAllocator& scratch,
+                      const LevelPlan& first_plan, const LaunchFirst& launch_first, const int32_t* lengths,
+                      int64_t rows, int64_t n, SelectParams p, const DeviceInfo& dev) {
   static int pair_cluster[64] = {};  // per device; 0 = not asked yet
   const int d = dev.device & 63;
   if (!pair_cluster[d]) pair_cluster[d] = max_cluster_size<PairLoader>(kPairCapacity, 0);
@@ -554,17 +586,12 @@ ffi::Error run_select_levels(const char* op, cudaStream_t stream, ffi::ScratchAl
 
   // Plan every level first so scratch is allocated once.
   LevelPlan plans[kMaxLevels];
-  int levels = 0;
-  int64_t entries = n;
-  for (;;) {
+  plans[0] = first_plan;
+  int levels = 1;
+  while (plans[levels - 1].num_segments > 1) {
     if (levels == kMaxLevels) return op_error(op, "rows of ", n, " entries need too many selection levels");
-    const bool head = levels == 0;
-    plans[levels] = plan_level(rows, entries, head ? first_capacity : kPairCapacity,
-                               head ? first_cluster : pair_cluster[d], dev.sms);
-    const int64_t segments = plans[levels].num_segments;
+    plans[levels] = plan_level(rows, plans[levels - 1].num_segments * k, kPairCapacity, pair_cluster[d], dev.sms);
     ++levels;
-    if (segments == 1) break;
-    entries = segments * k;
   }
   ScratchArena arena;
   for (int l = 0; l + 1 < levels; ++l) {
@@ -589,8 +616,7 @@ ffi::Error run_select_levels(const char* op, cudaStream_t stream, ffi::ScratchAl
       p.cand_idx = arena.take<int32_t>(size_t(rows) * m * 4);
     }
     if (l == 0) {
-      p.capacity = first_capacity;
-      JH_RETURN_IF_ERROR(launch_select(op, stream, first, p, rows, plans[l]));
+      JH_RETURN_IF_ERROR(launch_first(p));
     } else {
       p.capacity = kPairCapacity;
       JH_RETURN_IF_ERROR(launch_select(op, stream, pairs, p, rows, plans[l]));
@@ -603,6 +629,21 @@ ffi::Error run_select_levels(const char* op, cudaStream_t stream, ffi::ScratchAl
     }
   }
   return ffi::Error::Success();
+}
+
+// run_levels with a cluster select over `first` (first_capacity keys per CTA, clusters of at
+// most first_cluster CTAs) as level 0.
+template <class First>
+ffi::Error run_select_levels(const char* op, cudaStream_t stream, ffi::ScratchAllocator& scratch,
+                             const First& first, int first_capacity, int first_cluster,
+                             const int32_t* lengths, int64_t rows, int64_t n, SelectParams p,
+                             const DeviceInfo& dev) {
+  const LevelPlan plan = plan_level(rows, n, first_capacity, first_cluster, dev.sms);
+  auto launch_first = [&](SelectParams q) {
+    q.capacity = first_capacity;
+    return launch_select(op, stream, first, q, rows, plan);
+  };
+  return run_levels(op, stream, scratch, plan, launch_first, lengths, rows, n, p, dev);
 }
 
 }  // namespace jax_hetero

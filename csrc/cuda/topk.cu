@@ -1,10 +1,12 @@
-// CUDA handler for topk.  k <= kSortCap: cluster radix select (select.cuh), one level when a
-// row fits the shared memory of one cluster, otherwise a first level over segments whose
-// candidates a second (third ...) level selects from.  Larger k: a stable segmented radix
+// CUDA handler for topk.  k <= kSortCap: rows much longer than k start with the streaming
+// filter level (filter_select.cuh); other rows with a cluster radix select (select.cuh), one
+// level when a row fits the shared memory of one cluster, otherwise a first level over
+// segments.  Candidate levels (select.cuh) finish both.  Larger k: a stable segmented radix
 // sort of the whole rows (cub), which is exact but reads each row several times.
 #include <cub/device/device_segmented_radix_sort.cuh>
 
 #include "common/registry.h"
+#include "cuda/filter_select.cuh"
 #include "cuda/select.cuh"
 #include "common/signatures.h"
 
@@ -12,32 +14,6 @@ namespace jax_hetero {
 namespace {
 
 constexpr int kRawCapacity = 16384;   // keys per CTA for raw scores (64 KiB)
-
-// After a CTA has counted the first digits of a first tile of its keys into hist: the lower
-// edge of the highest first-digit bin b such that at least k of the tile's keys lie in bins >= b
-// (0 when the tile has fewer than k keys).  Every thread gets the same value.
-__device__ uint32_t tile_floor(const uint32_t* hist, int64_t k) {
-  using Scan = cub::BlockScan<uint32_t, kSelectThreads, cub::BLOCK_SCAN_WARP_SCANS>;  // small storage
-  __shared__ typename Scan::TempStorage scan;
-  __shared__ uint32_t s_floor;
-  const int tid = threadIdx.x;
-  __syncthreads();  // the tile's counts are complete (and an earlier call's s_floor is read)
-  const int first_bin = kBins - 4 - tid * 4;  // this thread's bins, descending as in select_kernel
-  const uint4 four = reinterpret_cast<const uint4*>(hist)[first_bin / 4];
-  const uint32_t cnt[4] = {four.w, four.z, four.y, four.x};
-  uint32_t before, total;
-  Scan(scan).ExclusiveSum(cnt[0] + cnt[1] + cnt[2] + cnt[3], before, total);
-  // Exactly one thread writes s_floor: thread 0 if the tile has fewer than k keys, else the
-  // thread holding the bin where the count from the top reaches k.
-  if (tid == 0 && int64_t(total) < k) s_floor = 0;
-#pragma unroll
-  for (int j = 0; j < 4; ++j) {
-    if (int64_t(before) < k && int64_t(before) + cnt[j] >= k) s_floor = uint32_t(kBins - 1 - (tid * 4 + j)) << (32 - kDigitBits);
-    before += cnt[j];
-  }
-  __syncthreads();
-  return s_floor;
-}
 
 template <class T>
 struct RawLoader {
@@ -192,8 +168,18 @@ ffi::Error topk_select(cudaStream_t stream, ffi::ScratchAllocator& scratch, cons
   p.neg_inf_bits = neg_inf_bits<T>();
   p.values = values;
   p.indices = indices;
-  static int raw_cluster[64] = {};  // per device; 0 = not asked yet
+  // Rows much longer than k: the streaming level reads each entry once.
+  static int filter_slot_count[64] = {};  // per device; 0 = not asked yet
   const int d = dev.device & 63;
+  if (!filter_slot_count[d]) filter_slot_count[d] = filter_slots<T>(dev.sms);
+  const LevelPlan filter_plan = plan_filter_level(rows, n, k, filter_slot_count[d]);
+  if (filter_plan.num_segments > 0) {
+    auto launch_first = [&](const SelectParams& q) {
+      return launch_filter("topk", stream, x, lengths, rows, n, q, filter_plan);
+    };
+    return run_levels("topk", stream, scratch, filter_plan, launch_first, lengths, rows, n, p, dev);
+  }
+  static int raw_cluster[64] = {};  // per device; 0 = not asked yet
   if (!raw_cluster[d]) raw_cluster[d] = max_cluster_size<RawLoader<T>>(kRawCapacity, 0);
   return run_select_levels("topk", stream, scratch, RawLoader<T>{x, lengths, n, k}, kRawCapacity, raw_cluster[d],
                            lengths, rows, n, p, dev);
