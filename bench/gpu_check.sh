@@ -72,7 +72,7 @@ lane1() {  # benchmark, ncu, placement (GPU 1 when there are two)
   fi
   if want ncu; then
     step "Nsight Compute"
-    timeout ${NCU_TIMEOUT:-200} ncu --clock-control none -k regex:'select_kernel|scores_kernel|attention_mma' \
+    timeout ${NCU_TIMEOUT:-200} ncu --clock-control none -k regex:'select_kernel|filter_kernel|scores_kernel|attention_mma' \
       --section SpeedOfLight --section MemoryWorkloadAnalysis --section WarpStateStats --section Occupancy \
       --section LaunchStats python3 "$repo/bench/ncu_cases.py" >"$logs/ncu.txt" 2>&1
     grep -E "^case:|^  void|Duration|Memory Throughput|DRAM Throughput|Compute \(SM\)|Registers Per|Achieved Occupancy|Grid Size" "$logs/ncu.txt" | head -120

@@ -1,6 +1,6 @@
 """Run each benchmark shape of the bars once, for Nsight Compute to profile its kernels.
 
-    ncu --clock-control none -k regex:'select_kernel|scores_kernel|attention_mma' python bench/ncu_cases.py
+    ncu --clock-control none -k regex:'select_kernel|filter_kernel|scores_kernel|attention_mma' python bench/ncu_cases.py
 
 (bench/gpu_check.sh, step ncu, adds the sections it reads.)
 
