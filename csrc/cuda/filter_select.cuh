@@ -65,15 +65,18 @@ __device__ __forceinline__ int reserve_slots(unsigned* counter, int n) {
 // Radix select over the entries i < count with pred(i): returns the rank-th largest
 // (1 <= rank <= their number) of value(i), found 11 bits per pass from the top down to bit
 // low_bit; *ties = how many entries equal to it are within the top `rank`, *equal = how many
-// equal it.  Called by every thread; uses hist.
+// equal it.  Stops early when a pass's chosen bin lies wholly within the top `rank`: it then
+// returns that bin's lower edge, every entry at or above which is among the top `rank`
+// (*ties = *equal = the bin's count), and sets *whole.  Called by every thread; uses hist.
 template <class Value, class Pred>
 __device__ uint32_t block_select(int count, uint32_t rank, int low_bit, uint32_t* hist, const Value& value,
-                                 const Pred& pred, uint32_t* ties, uint32_t* equal) {
+                                 const Pred& pred, uint32_t* ties, uint32_t* equal, bool* whole) {
   using Scan = cub::BlockScan<uint32_t, kSelectThreads, cub::BLOCK_SCAN_WARP_SCANS>;
   __shared__ typename Scan::TempStorage scan;
   __shared__ uint32_t s_digit, s_remaining, s_equal;
   const int tid = threadIdx.x;
   uint32_t prefix = 0, prefix_mask = 0, remaining = rank;
+  *whole = false;
   for (int hi = 32; hi > low_bit;) {
     const int lo = max(hi - kDigitBits, low_bit);
     const uint32_t digit_mask = (1u << (hi - lo)) - 1u;
@@ -105,6 +108,10 @@ __device__ uint32_t block_select(int count, uint32_t rank, int low_bit, uint32_t
     prefix_mask |= digit_mask << lo;
     remaining = s_remaining;
     hi = lo;
+    if (remaining == s_equal && hi > low_bit) {  // uniform: the same histogram in every thread
+      *whole = true;
+      break;
+    }
   }
   *ties = remaining;
   *equal = s_equal;
@@ -112,21 +119,24 @@ __device__ uint32_t block_select(int count, uint32_t rank, int low_bit, uint32_t
 }
 
 // Cuts the `count` (> k) kept entries to their k best (larger key, then lower index), in place
-// and in any order.  Returns the k-th best key.  Called by every thread.
-__device__ inline uint32_t filter_cut(uint32_t* keys, int32_t* idx, int count, int64_t k, int key_low_bit,
+// and in any order.  Returns the new bar: a key below it cannot beat the k kept.  Called by
+// every thread.
+__device__ inline uint64_t filter_cut(uint32_t* keys, int32_t* idx, int count, int64_t k, int key_low_bit,
                                       uint32_t* hist) {
   __shared__ unsigned s_kept;
   uint32_t need, equal;
+  bool whole, unused_whole;
+  // kth: the k-th best key, or (whole) a lower edge with exactly k keys at or above it.
   const uint32_t kth = block_select(
       count, uint32_t(k), key_low_bit, hist, [&](int i) { return keys[i]; }, [](int) { return true; }, &need,
-      &equal);
+      &equal, &whole);
   // Entries equal to kth stay if ~index >= not_idx_floor: all of them, or the `need` lowest indices.
   uint32_t not_idx_floor = 0;
   if (need < equal) {
     uint32_t unused_ties, unused_equal;
     not_idx_floor = block_select(
         count, need, 0, hist, [&](int i) { return ~uint32_t(idx[i]); }, [&](int i) { return keys[i] == kth; },
-        &unused_ties, &unused_equal);
+        &unused_ties, &unused_equal, &unused_whole);
   }
   if (threadIdx.x == 0) s_kept = 0;
   __syncthreads();
@@ -148,7 +158,7 @@ __device__ inline uint32_t filter_cut(uint32_t* keys, int32_t* idx, int count, i
     }
   }
   __syncthreads();
-  return kth;
+  return whole ? uint64_t(kth) : uint64_t(kth) + 1;
 }
 
 // Sorts the `count` (<= kSortCap) kept entries, whose indices lie in [begin, begin + len), by
@@ -305,7 +315,7 @@ filter_kernel(const T* x, const int32_t* lengths, int64_t n, const SelectParams 
     if (tid == 0) s_step[(s + 2) % 3] = 0;
     JH_LAP(2);
     if (count > kFilterCapacity - kFilterStep) {  // the next step's survivors might not fit
-      bar = uint64_t(filter_cut(keys, idx, count, p.k, p.key_low_bit, hist)) + 1;
+      bar = filter_cut(keys, idx, count, p.k, p.key_low_bit, hist);
       count = int(p.k);
 #ifdef JH_SELECT_TRACE
       ++jh_cuts;
