@@ -366,7 +366,6 @@ inline LevelPlan plan_filter_level(int64_t rows, int64_t n, int64_t k, int slots
   const int64_t chunk = (n + per_row - 1) / per_row;
   plan.segment_len = (chunk + kFilterStep - 1) / kFilterStep * kFilterStep;
   plan.num_segments = (n + plan.segment_len - 1) / plan.segment_len;
-  plan.per_cta = int(plan.segment_len);
   return plan;
 }
 
@@ -389,7 +388,6 @@ ffi::Error launch_filter(const char* op, cudaStream_t stream, const T* x, const 
                          int64_t n, SelectParams p, const LevelPlan& plan) {
   p.num_segments = plan.num_segments;
   p.segment_len = plan.segment_len;
-  p.per_cta = plan.per_cta;
   const int64_t blocks = rows * plan.num_segments;
   if (blocks > INT32_MAX) return op_error(op, "too many rows for one CUDA launch");
   JH_CUDA_CHECK(op, cudaFuncSetAttribute(filter_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
