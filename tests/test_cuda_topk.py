@@ -114,6 +114,17 @@ def test_topk_patterns_streaming_level(pattern, dtype):
     check_many(scores, (1, 16, 257), np.array([n, 1_000_001, 5000, 100], np.int32))
 
 
+@pytest.mark.parametrize("pattern", ["normal", "ascending", "few_values", "specials"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: jnp.dtype(d).name)
+def test_topk_streaming_level_unaligned_rows(pattern, dtype):
+    # Rows of an odd length: every row but the first starts off a 16-byte boundary, so the
+    # streaming level loads its chunks entry by entry instead of by cp.async vectors.
+    rng = np.random.default_rng(28)
+    n = 1_500_001
+    scores = jnp.asarray(pattern_rows(pattern, 4, n, rng)).astype(dtype)
+    check_many(scores, (1, 16, 257), np.array([n, n - 4096, 4097, 99], np.int32))
+
+
 @pytest.mark.parametrize("pattern", ["normal", "ascending", "all_equal", "few_values", "small_head",
                                      "large_tail_ramp"])
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=lambda d: jnp.dtype(d).name)
