@@ -125,8 +125,8 @@ def test_topk_streaming_level_unaligned_rows(pattern, dtype):
     check_many(scores, (1, 16, 257), np.array([n, n - 4096, 4097, 99], np.int32))
 
 
-@pytest.mark.parametrize("pattern", ["normal", "ascending", "all_equal", "few_values", "small_head",
-                                     "large_tail_ramp"])
+@pytest.mark.parametrize("pattern", ["normal", "ascending", "descending", "all_equal", "few_values",
+                                     "small_head", "large_tail_ramp"])
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=lambda d: jnp.dtype(d).name)
 def test_topk_streaming_level_large_k(pattern, dtype):
     # One row of 18M: chunks of at least 64 * 2048 entries, so k = 2048 streams too and the
