@@ -13,12 +13,7 @@
 namespace jax_hetero {
 namespace {
 
-// Keys per CTA for raw scores (64 KiB); a build flag so bench/ab_check.sh can compare sizes
-// (8192: a third CTA fits on an SM, and 64 x 131072 runs as clusters of 16).
-#ifndef JH_RAW_CAPACITY
-#define JH_RAW_CAPACITY 16384
-#endif
-constexpr int kRawCapacity = JH_RAW_CAPACITY;
+constexpr int kRawCapacity = 16384;   // keys per CTA for raw scores (64 KiB)
 
 template <class T>
 struct RawLoader {
