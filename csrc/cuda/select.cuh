@@ -221,12 +221,20 @@ select_kernel(const Loader loader, const SelectParams p) {
   const int len = int(max64(0, min64(begin + p.per_cta, seg_end) - begin));
   // The loader also counts the first radix digit (bits 21..31) of every key it stores.
   // Rank r of the cluster owns bins [r * span, (r + 1) * span) of the merged histogram.
+  // With clusters of 4 or more, every CTA pushes its counts into the owners' slices with
+  // remote atomics (one slice per pass, zeroed here), so a pass needs one cluster barrier;
+  // smaller clusters sum the slices with remote reads between two barriers.
   uint32_t* local_hist = hist;
   uint32_t* merged = hist + kBins;
   const int span = kBins / cs;
+  const bool push = cs >= 4;  // three slices of span bins fit in merged's kBins
   for (int b = tid; b < kBins; b += kSelectThreads) local_hist[b] = 0;
+  if (push)
+    for (int b = tid; b < 3 * span; b += kSelectThreads) merged[b] = 0;
   __syncthreads();
+  if (push) cluster.barrier_arrive();  // released: this CTA's slices are zero
   loader.load(row, begin, len, keys, idx, local_hist, smem + lay.extra);
+  if (push) cluster.barrier_wait();  // every CTA's slices are zero
   JH_TRACE("load");
 
   // Warp w owns the contiguous entries [w_begin, w_end) of this CTA; its `sequence` is those
@@ -279,7 +287,15 @@ select_kernel(const Loader loader, const SelectParams p) {
         }
       }
     }
-    cluster.sync();  // every CTA's histogram is complete
+    uint32_t* slice = push ? merged + pass * span : merged;  // this pass's merged counts, per owner
+    if (push) {
+      __syncthreads();  // this CTA's histogram is complete
+      for (int b = tid; b < kBins; b += kSelectThreads) {
+        const uint32_t v = local_hist[b];
+        if (v) atomicAdd(cluster.map_shared_rank(slice + b % span, b / span), v);
+      }
+    }
+    cluster.sync();  // every CTA's histogram is complete (pushed)
     JH_TRACE(pass == 0 ? "hist0" : "histN");
     if (pass == 1) {  // the same decision in every thread of the CTA
       bool fits = true;
@@ -287,21 +303,24 @@ select_kernel(const Loader loader, const SelectParams p) {
       use_list = fits;
       if (use_list) w_count = int(s_list_count[warp]);
     }
-    // Sum my slice over the cluster (16-byte remote reads) ...
-    for (int b4 = tid; b4 < span / 4; b4 += kSelectThreads) {
-      uint4 sum = make_uint4(0, 0, 0, 0);
-      for (int r = 0; r < cs; ++r) {
-        const uint4 v = reinterpret_cast<const uint4*>(cluster.map_shared_rank(local_hist, r))[rank * (span / 4) + b4];
-        sum.x += v.x, sum.y += v.y, sum.z += v.z, sum.w += v.w;
+    if (!push) {
+      // Sum my slice over the cluster (16-byte remote reads) ...
+      for (int b4 = tid; b4 < span / 4; b4 += kSelectThreads) {
+        uint4 sum = make_uint4(0, 0, 0, 0);
+        for (int r = 0; r < cs; ++r) {
+          const uint4 v =
+              reinterpret_cast<const uint4*>(cluster.map_shared_rank(local_hist, r))[rank * (span / 4) + b4];
+          sum.x += v.x, sum.y += v.y, sum.z += v.z, sum.w += v.w;
+        }
+        reinterpret_cast<uint4*>(merged)[b4] = sum;
       }
-      reinterpret_cast<uint4*>(merged)[b4] = sum;
+      cluster.sync();  // every slice is merged
+      JH_TRACE("merge");
     }
-    cluster.sync();  // every slice is merged
-    JH_TRACE("merge");
-    // ... then read the four bins kBins-4-4t ... kBins-1-4t from their owner (descending order).
+    // Read the four bins kBins-4-4t ... kBins-1-4t from their owner (descending order).
     const int first_bin = kBins - 4 - tid * 4;
     const uint4 four = reinterpret_cast<const uint4*>(
-        cluster.map_shared_rank(merged, first_bin / span))[(first_bin % span) / 4];
+        cluster.map_shared_rank(slice, first_bin / span))[(first_bin % span) / 4];
     const uint32_t cnt[4] = {four.w, four.z, four.y, four.x};
     const uint32_t own = cnt[0] + cnt[1] + cnt[2] + cnt[3];
     uint32_t before, total;
