@@ -10,6 +10,10 @@
 #pragma once
 #include <cooperative_groups.h>
 
+#include <map>
+#include <mutex>
+#include <tuple>
+
 #include <cub/block/block_radix_sort.cuh>
 #include <cub/block/block_scan.cuh>
 
@@ -560,23 +564,24 @@ ffi::Error launch_select(const char* op, cudaStream_t stream, const Loader& load
   return ffi::Error::Success();
 }
 
-// Largest cluster size (16 or 8) the device can schedule for select_kernel<Loader>.
+// How many clusters of `cluster` CTAs of select_kernel<Loader> the device can hold at once
+// (0 when it cannot schedule that size, or on error).
 template <class Loader>
-int max_cluster_size(int capacity, size_t extra_bytes) {
+int active_clusters(int capacity, size_t extra_bytes, int cluster) {
   auto kernel = select_kernel<Loader>;
   const SelectSmem lay = select_smem(capacity, Loader::kHasIdx, extra_bytes);
   if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(lay.total)) != cudaSuccess ||
       cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1) != cudaSuccess) {
     cudaGetLastError();
-    return 8;
+    return 0;
   }
   cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = dim3(16);
+  cfg.gridDim = dim3(unsigned(cluster));
   cfg.blockDim = dim3(kSelectThreads);
   cfg.dynamicSmemBytes = lay.total;
   cudaLaunchAttribute attr[1];
   attr[0].id = cudaLaunchAttributeClusterDimension;
-  attr[0].val.clusterDim.x = 16;
+  attr[0].val.clusterDim.x = unsigned(cluster);
   attr[0].val.clusterDim.y = 1;
   attr[0].val.clusterDim.z = 1;
   cfg.attrs = attr;
@@ -584,9 +589,39 @@ int max_cluster_size(int capacity, size_t extra_bytes) {
   int clusters = 0;
   if (cudaOccupancyMaxActiveClusters(&clusters, kernel, &cfg) != cudaSuccess) {
     cudaGetLastError();
-    return 8;
+    return 0;
   }
-  return clusters > 0 ? 16 : 8;
+  return clusters;
+}
+
+// Largest cluster size (16 or 8) the device can schedule for select_kernel<Loader>.
+template <class Loader>
+int max_cluster_size(int capacity, size_t extra_bytes) {
+  return active_clusters<Loader>(capacity, extra_bytes, 16) > 0 ? 16 : 8;
+}
+
+// The largest cluster size up to max_cluster whose level over rows x entries runs in one wave
+// (all its clusters resident at once), or max_cluster when none does.  A level of one CTA per
+// SM in clusters of 8 can need two waves on a GPU whose SMs do not split evenly into
+// clusters of 8 (e.g. 128 CTAs on an H100's 132 SMs).
+template <class Loader>
+int one_wave_cluster(int device, int64_t rows, int64_t entries, int capacity, size_t extra_bytes, int max_cluster,
+                     int sms) {
+  static std::mutex mutex;  // occupancy queries cost host time: ask once per (device, size, smem)
+  static std::map<std::tuple<int, int, size_t>, int> known;
+  for (int cs = max_cluster; cs >= 2; cs /= 2) {
+    const LevelPlan plan = plan_level(rows, entries, capacity, cs, sms);
+    int resident;
+    {
+      std::lock_guard<std::mutex> lock(mutex);
+      const auto key = std::make_tuple(device, plan.cluster, extra_bytes);
+      auto it = known.find(key);
+      if (it == known.end()) it = known.emplace(key, active_clusters<Loader>(capacity, extra_bytes, plan.cluster)).first;
+      resident = it->second;
+    }
+    if (rows * plan.num_segments <= resident) return cs;
+  }
+  return max_cluster;
 }
 
 constexpr int kPairCapacity = 8192;  // keys + indices per CTA for candidates (64 KiB)
