@@ -10,6 +10,7 @@
 #pragma once
 #include <cooperative_groups.h>
 
+#include <cstdio>
 #include <map>
 #include <mutex>
 #include <tuple>
@@ -619,6 +620,10 @@ int one_wave_cluster(int device, int64_t rows, int64_t entries, int capacity, si
       if (it == known.end()) it = known.emplace(key, active_clusters<Loader>(capacity, extra_bytes, plan.cluster)).first;
       resident = it->second;
     }
+#ifdef JH_SELECT_TRACE
+    fprintf(stderr, "one_wave_cluster: clusters of %d: %lld needed, %d resident\n", plan.cluster,
+            (long long)(rows * plan.num_segments), resident);
+#endif
     if (rows * plan.num_segments <= resident) return cs;
   }
   return max_cluster;
