@@ -239,8 +239,10 @@ ffi::Error indexer_dsa_cuda(cudaStream_t stream, ffi::ScratchAllocator scratch, 
     const DsaLoader<T> loader{make_scorer<T>(q, keys, weights, a), valid.typed_data()};
     if (loader.extra_bytes() > 100 * 1024) return op_error(op, "h*di=", a.h * a.di, " is too large for the CUDA indexer");
     const SelectParams p = float32_select_params(k, values->typed_data(), indices->typed_data());
-    return run_select_levels(op, stream, scratch, loader, kIndexerCapacity, 8, valid.typed_data(), a.rows, a.n, p,
-                             dev);
+    const int cluster =
+        one_wave_cluster<DsaLoader<T>>(dev.device, a.rows, a.n, kIndexerCapacity, loader.extra_bytes(), 8, dev.sms);
+    return run_select_levels(op, stream, scratch, loader, kIndexerCapacity, cluster, valid.typed_data(), a.rows,
+                             a.n, p, dev);
   });
 }
 

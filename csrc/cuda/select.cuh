@@ -10,6 +10,11 @@
 #pragma once
 #include <cooperative_groups.h>
 
+#include <cstdio>
+#include <map>
+#include <mutex>
+#include <tuple>
+
 #include <cub/block/block_radix_sort.cuh>
 #include <cub/block/block_scan.cuh>
 
@@ -221,12 +226,20 @@ select_kernel(const Loader loader, const SelectParams p) {
   const int len = int(max64(0, min64(begin + p.per_cta, seg_end) - begin));
   // The loader also counts the first radix digit (bits 21..31) of every key it stores.
   // Rank r of the cluster owns bins [r * span, (r + 1) * span) of the merged histogram.
+  // With clusters of 4 or more, every CTA pushes its counts into the owners' slices with
+  // remote atomics (one slice per pass, zeroed here), so a pass needs one cluster barrier;
+  // smaller clusters sum the slices with remote reads between two barriers.
   uint32_t* local_hist = hist;
   uint32_t* merged = hist + kBins;
   const int span = kBins / cs;
+  const bool push = cs >= 4;  // three slices of span bins fit in merged's kBins
   for (int b = tid; b < kBins; b += kSelectThreads) local_hist[b] = 0;
+  if (push)
+    for (int b = tid; b < 3 * span; b += kSelectThreads) merged[b] = 0;
   __syncthreads();
+  if (push) cluster.barrier_arrive();  // released: this CTA's slices are zero
   loader.load(row, begin, len, keys, idx, local_hist, smem + lay.extra);
+  if (push) cluster.barrier_wait();  // every CTA's slices are zero
   JH_TRACE("load");
 
   // Warp w owns the contiguous entries [w_begin, w_end) of this CTA; its `sequence` is those
@@ -279,7 +292,15 @@ select_kernel(const Loader loader, const SelectParams p) {
         }
       }
     }
-    cluster.sync();  // every CTA's histogram is complete
+    uint32_t* slice = push ? merged + pass * span : merged;  // this pass's merged counts, per owner
+    if (push) {
+      __syncthreads();  // this CTA's histogram is complete
+      for (int b = tid; b < kBins; b += kSelectThreads) {
+        const uint32_t v = local_hist[b];
+        if (v) atomicAdd(cluster.map_shared_rank(slice + b % span, b / span), v);
+      }
+    }
+    cluster.sync();  // every CTA's histogram is complete (pushed)
     JH_TRACE(pass == 0 ? "hist0" : "histN");
     if (pass == 1) {  // the same decision in every thread of the CTA
       bool fits = true;
@@ -287,21 +308,24 @@ select_kernel(const Loader loader, const SelectParams p) {
       use_list = fits;
       if (use_list) w_count = int(s_list_count[warp]);
     }
-    // Sum my slice over the cluster (16-byte remote reads) ...
-    for (int b4 = tid; b4 < span / 4; b4 += kSelectThreads) {
-      uint4 sum = make_uint4(0, 0, 0, 0);
-      for (int r = 0; r < cs; ++r) {
-        const uint4 v = reinterpret_cast<const uint4*>(cluster.map_shared_rank(local_hist, r))[rank * (span / 4) + b4];
-        sum.x += v.x, sum.y += v.y, sum.z += v.z, sum.w += v.w;
+    if (!push) {
+      // Sum my slice over the cluster (16-byte remote reads) ...
+      for (int b4 = tid; b4 < span / 4; b4 += kSelectThreads) {
+        uint4 sum = make_uint4(0, 0, 0, 0);
+        for (int r = 0; r < cs; ++r) {
+          const uint4 v =
+              reinterpret_cast<const uint4*>(cluster.map_shared_rank(local_hist, r))[rank * (span / 4) + b4];
+          sum.x += v.x, sum.y += v.y, sum.z += v.z, sum.w += v.w;
+        }
+        reinterpret_cast<uint4*>(merged)[b4] = sum;
       }
-      reinterpret_cast<uint4*>(merged)[b4] = sum;
+      cluster.sync();  // every slice is merged
+      JH_TRACE("merge");
     }
-    cluster.sync();  // every slice is merged
-    JH_TRACE("merge");
-    // ... then read the four bins kBins-4-4t ... kBins-1-4t from their owner (descending order).
+    // Read the four bins kBins-4-4t ... kBins-1-4t from their owner (descending order).
     const int first_bin = kBins - 4 - tid * 4;
     const uint4 four = reinterpret_cast<const uint4*>(
-        cluster.map_shared_rank(merged, first_bin / span))[(first_bin % span) / 4];
+        cluster.map_shared_rank(slice, first_bin / span))[(first_bin % span) / 4];
     const uint32_t cnt[4] = {four.w, four.z, four.y, four.x};
     const uint32_t own = cnt[0] + cnt[1] + cnt[2] + cnt[3];
     uint32_t before, total;
@@ -541,23 +565,24 @@ ffi::Error launch_select(const char* op, cudaStream_t stream, const Loader& load
   return ffi::Error::Success();
 }
 
-// Largest cluster size (16 or 8) the device can schedule for select_kernel<Loader>.
+// How many clusters of `cluster` CTAs of select_kernel<Loader> the device can hold at once
+// (0 when it cannot schedule that size, or on error).
 template <class Loader>
-int max_cluster_size(int capacity, size_t extra_bytes) {
+int active_clusters(int capacity, size_t extra_bytes, int cluster) {
   auto kernel = select_kernel<Loader>;
   const SelectSmem lay = select_smem(capacity, Loader::kHasIdx, extra_bytes);
   if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(lay.total)) != cudaSuccess ||
       cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1) != cudaSuccess) {
     cudaGetLastError();
-    return 8;
+    return 0;
   }
   cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = dim3(16);
+  cfg.gridDim = dim3(unsigned(cluster));
   cfg.blockDim = dim3(kSelectThreads);
   cfg.dynamicSmemBytes = lay.total;
   cudaLaunchAttribute attr[1];
   attr[0].id = cudaLaunchAttributeClusterDimension;
-  attr[0].val.clusterDim.x = 16;
+  attr[0].val.clusterDim.x = unsigned(cluster);
   attr[0].val.clusterDim.y = 1;
   attr[0].val.clusterDim.z = 1;
   cfg.attrs = attr;
@@ -565,9 +590,43 @@ int max_cluster_size(int capacity, size_t extra_bytes) {
   int clusters = 0;
   if (cudaOccupancyMaxActiveClusters(&clusters, kernel, &cfg) != cudaSuccess) {
     cudaGetLastError();
-    return 8;
+    return 0;
   }
-  return clusters > 0 ? 16 : 8;
+  return clusters;
+}
+
+// Largest cluster size (16 or 8) the device can schedule for select_kernel<Loader>.
+template <class Loader>
+int max_cluster_size(int capacity, size_t extra_bytes) {
+  return active_clusters<Loader>(capacity, extra_bytes, 16) > 0 ? 16 : 8;
+}
+
+// The largest cluster size up to max_cluster whose level over rows x entries runs in one wave
+// (all its clusters resident at once), or max_cluster when none does.  A level of one CTA per
+// SM in clusters of 8 can need two waves on a GPU whose SMs do not split evenly into
+// clusters of 8 (e.g. 128 CTAs on an H100's 132 SMs).
+template <class Loader>
+int one_wave_cluster(int device, int64_t rows, int64_t entries, int capacity, size_t extra_bytes, int max_cluster,
+                     int sms) {
+  static std::mutex mutex;  // occupancy queries cost host time: ask once per (device, size, smem)
+  static std::map<std::tuple<int, int, size_t>, int> known;
+  for (int cs = max_cluster; cs >= 2; cs /= 2) {
+    const LevelPlan plan = plan_level(rows, entries, capacity, cs, sms);
+    int resident;
+    {
+      std::lock_guard<std::mutex> lock(mutex);
+      const auto key = std::make_tuple(device, plan.cluster, extra_bytes);
+      auto it = known.find(key);
+      if (it == known.end()) it = known.emplace(key, active_clusters<Loader>(capacity, extra_bytes, plan.cluster)).first;
+      resident = it->second;
+    }
+#ifdef JH_SELECT_TRACE
+    fprintf(stderr, "one_wave_cluster: clusters of %d: %lld needed, %d resident\n", plan.cluster,
+            (long long)(rows * plan.num_segments), resident);
+#endif
+    if (rows * plan.num_segments <= resident) return cs;
+  }
+  return max_cluster;
 }
 
 constexpr int kPairCapacity = 8192;  // keys + indices per CTA for candidates (64 KiB)
