@@ -6,7 +6,10 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <map>
+#include <mutex>
 #include <string>
+#include <utility>
 #include <type_traits>
 
 #include "common/ffi_util.h"
@@ -39,6 +42,18 @@ ffi::Error queue_index_check(const char* op, cudaStream_t stream, ffi::ScratchAl
                              const int32_t* indices, int64_t count, int64_t upper, int sms, int** flag);
 ffi::Error read_index_check(const char* op, cudaStream_t stream, const int* flag, const char* name, int64_t upper,
                             const std::string& what);
+
+// The value of query() for (device, key), asked once: occupancy and cluster queries cost host
+// time at every call otherwise.  Each call site (its own Query type) has its own table.
+template <class Query>
+int remembered(int device, int64_t key, const Query& query) {
+  static std::mutex mutex;
+  static std::map<std::pair<int, int64_t>, int> known;
+  std::lock_guard<std::mutex> lock(mutex);
+  auto it = known.find({device, key});
+  if (it == known.end()) it = known.emplace(std::make_pair(device, key), query()).first;
+  return it->second;
+}
 
 // The device that owns XLA's stream (never assume device 0) and its SM count.
 struct DeviceInfo {

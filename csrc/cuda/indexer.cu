@@ -10,6 +10,8 @@ namespace jax_hetero {
 namespace {
 
 constexpr int kIndexerCapacity = 1024;  // tokens scored per CTA, so a row spreads over the GPU
+constexpr int kIndexerMaxCapacity = 2048;  // tokens per CTA when one wave of clusters covers a row
+constexpr int kIndexerMaxCluster = 16;
 constexpr int kWarps = kSelectThreads / 32;
 
 template <class T>
@@ -239,10 +241,10 @@ ffi::Error indexer_dsa_cuda(cudaStream_t stream, ffi::ScratchAllocator scratch, 
     const DsaLoader<T> loader{make_scorer<T>(q, keys, weights, a), valid.typed_data()};
     if (loader.extra_bytes() > 100 * 1024) return op_error(op, "h*di=", a.h * a.di, " is too large for the CUDA indexer");
     const SelectParams p = float32_select_params(k, values->typed_data(), indices->typed_data());
-    const int cluster =
-        one_wave_cluster<DsaLoader<T>>(dev.device, a.rows, a.n, kIndexerCapacity, loader.extra_bytes(), 8, dev.sms);
-    return run_select_levels(op, stream, scratch, loader, kIndexerCapacity, cluster, valid.typed_data(), a.rows,
-                             a.n, p, dev);
+    const LevelPlan plan = one_wave_plan<DsaLoader<T>>(dev, a.rows, a.n, k, kIndexerCapacity, kIndexerMaxCapacity,
+                                                       loader.extra_bytes(), kIndexerMaxCluster);
+    return run_select_levels(op, stream, scratch, loader, plan, kIndexerMaxCapacity, valid.typed_data(), a.rows, a.n,
+                             p, dev);
   });
 }
 

@@ -11,9 +11,6 @@
 #include <cooperative_groups.h>
 
 #include <cstdio>
-#include <map>
-#include <mutex>
-#include <tuple>
 
 #include <cub/block/block_radix_sort.cuh>
 #include <cub/block/block_scan.cuh>
@@ -602,32 +599,36 @@ int max_cluster_size(int capacity, size_t extra_bytes) {
   return active_clusters<Loader>(capacity, extra_bytes, 16) > 0 ? 16 : 8;
 }
 
-// The largest cluster size up to max_cluster whose level over rows x entries runs in one wave
-// (all its clusters resident at once), or max_cluster when none does.  A level of one CTA per
-// SM in clusters of 8 can need two waves on a GPU whose SMs do not split evenly into
-// clusters of 8 (e.g. 128 CTAs on an H100's 132 SMs).
+// Level-0 plan for a loader that fills an SM with one CTA (the dsa scorer): the largest
+// clusters, up to max_cluster, that cover every row in one wave (all clusters resident at
+// once) with at most `capacity` entries per CTA and more than k per cluster, so the level
+// drops entries; else plan_level's plan with base_capacity entries per CTA and clusters of at
+// most 8 (a size every cluster-capable GPU schedules).  A fixed
+// 1024 tokens per CTA needs 16 clusters of 8 for 131072 tokens where an H200 holds 15: two waves.
 template <class Loader>
-int one_wave_cluster(int device, int64_t rows, int64_t entries, int capacity, size_t extra_bytes, int max_cluster,
-                     int sms) {
-  static std::mutex mutex;  // occupancy queries cost host time: ask once per (device, size, smem)
-  static std::map<std::tuple<int, int, size_t>, int> known;
+LevelPlan one_wave_plan(const DeviceInfo& dev, int64_t rows, int64_t entries, int64_t k, int base_capacity,
+                        int capacity, size_t extra_bytes, int max_cluster) {
+  const size_t smem = select_smem(capacity, Loader::kHasIdx, extra_bytes).total;
   for (int cs = max_cluster; cs >= 2; cs /= 2) {
-    const LevelPlan plan = plan_level(rows, entries, capacity, cs, sms);
-    int resident;
-    {
-      std::lock_guard<std::mutex> lock(mutex);
-      const auto key = std::make_tuple(device, plan.cluster, extra_bytes);
-      auto it = known.find(key);
-      if (it == known.end()) it = known.emplace(key, active_clusters<Loader>(capacity, extra_bytes, plan.cluster)).first;
-      resident = it->second;
-    }
+    const int resident = remembered(dev.device, int64_t(smem) * 64 + cs, [&] {
+      return active_clusters<Loader>(capacity, extra_bytes, cs);
+    });
+    const int64_t segments = resident / rows;
+    if (segments == 0) continue;
+    const int64_t per_cta = ((entries + segments * cs - 1) / (segments * cs) + 31) & ~int64_t(31);
 #ifdef JH_SELECT_TRACE
-    fprintf(stderr, "one_wave_cluster: clusters of %d: %lld needed, %d resident\n", plan.cluster,
-            (long long)(rows * plan.num_segments), resident);
+    fprintf(stderr, "one_wave_plan: clusters of %d: %d resident, %lld entries per CTA\n", cs, resident,
+            (long long)per_cta);
 #endif
-    if (rows * plan.num_segments <= resident) return cs;
+    if (per_cta > capacity || cs * per_cta <= k) continue;
+    LevelPlan plan;
+    plan.cluster = cs;
+    plan.per_cta = int(per_cta);
+    plan.segment_len = cs * per_cta;
+    plan.num_segments = (entries + plan.segment_len - 1) / plan.segment_len;
+    return plan;
   }
-  return max_cluster;
+  return plan_level(rows, entries, base_capacity, std::min(max_cluster, 8), dev.sms);
 }
 
 constexpr int kPairCapacity = 8192;  // keys + indices per CTA for candidates (64 KiB)
@@ -639,9 +640,7 @@ template <class LaunchFirst>
 ffi::Error run_levels(const char* op, cudaStream_t stream, ffi::ScratchAllocator& scratch,
                       const LevelPlan& first_plan, const LaunchFirst& launch_first, const int32_t* lengths,
                       int64_t rows, int64_t n, SelectParams p, const DeviceInfo& dev) {
-  static int pair_cluster[64] = {};  // per device; 0 = not asked yet
-  const int d = dev.device & 63;
-  if (!pair_cluster[d]) pair_cluster[d] = max_cluster_size<PairLoader>(kPairCapacity, 0);
+  const int pair_cluster = remembered(dev.device, 0, [] { return max_cluster_size<PairLoader>(kPairCapacity, 0); });
   const int64_t k = p.k;
 
   // Plan every level first so scratch is allocated once.
@@ -650,7 +649,7 @@ ffi::Error run_levels(const char* op, cudaStream_t stream, ffi::ScratchAllocator
   int levels = 1;
   while (plans[levels - 1].num_segments > 1) {
     if (levels == kMaxLevels) return op_error(op, "rows of ", n, " entries need too many selection levels");
-    plans[levels] = plan_level(rows, plans[levels - 1].num_segments * k, kPairCapacity, pair_cluster[d], dev.sms);
+    plans[levels] = plan_level(rows, plans[levels - 1].num_segments * k, kPairCapacity, pair_cluster, dev.sms);
     ++levels;
   }
   ScratchArena arena;
@@ -691,14 +690,13 @@ ffi::Error run_levels(const char* op, cudaStream_t stream, ffi::ScratchAllocator
   return ffi::Error::Success();
 }
 
-// run_levels with a cluster select over `first` (first_capacity keys per CTA, clusters of at
-// most first_cluster CTAs) as level 0.
+// run_levels with a cluster select over `first` (first_capacity key slots per CTA) planned by
+// `plan` as level 0.
 template <class First>
 ffi::Error run_select_levels(const char* op, cudaStream_t stream, ffi::ScratchAllocator& scratch,
-                             const First& first, int first_capacity, int first_cluster,
+                             const First& first, const LevelPlan& plan, int first_capacity,
                              const int32_t* lengths, int64_t rows, int64_t n, SelectParams p,
                              const DeviceInfo& dev) {
-  const LevelPlan plan = plan_level(rows, n, first_capacity, first_cluster, dev.sms);
   auto launch_first = [&](SelectParams q) {
     q.capacity = first_capacity;
     return launch_select(op, stream, first, q, rows, plan);

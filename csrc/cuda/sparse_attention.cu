@@ -12,7 +12,6 @@
 // float32, other head dims (any d <= 256) or groups: the warp kernel (every warp streams tokens,
 // K and V rows read once for all query heads of the group, shuffle dot products).
 #include <algorithm>
-#include <atomic>
 #include <climits>
 #include <cstdlib>
 #include <cstring>
@@ -622,13 +621,12 @@ ffi::Error run_attention_mma(cudaStream_t stream, ffi::ScratchAllocator& scratch
   const size_t smem = size_t(kPosBytes) + S::kPipeBytes;
   auto kernel = attention_mma_kernel<T, D>;
   JH_CUDA_CHECK(op, cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-  static std::atomic<int> occupancy_cache[64];  // per device, 0: not queried yet
-  int occupancy = dev.device >= 0 && dev.device < 64 ? occupancy_cache[dev.device].load() : 0;
-  if (occupancy == 0) {
-    JH_CUDA_CHECK(op, cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occupancy, kernel, kMmaThreads, smem));
-    occupancy = std::max(occupancy, 1);
-    if (dev.device >= 0 && dev.device < 64) occupancy_cache[dev.device].store(occupancy);
-  }
+  const int occupancy = remembered(dev.device, int64_t(smem), [&] {  // 0: the query failed
+    int blocks = 0;
+    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, kernel, kMmaThreads, smem) != cudaSuccess) return 0;
+    return std::max(blocks, 1);
+  });
+  if (occupancy == 0) return op_error(op, "CUDA occupancy query for the attention kernel failed");
   const int64_t pairs = rows * p.hkv;
   const int64_t total = int64_t(p.kb) * p.block_size;
   // choose_splits picks at most lo + 512 splits (lo = total / kMaxSplitTokens, rounded up) and

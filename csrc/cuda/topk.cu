@@ -169,20 +169,18 @@ ffi::Error topk_select(cudaStream_t stream, ffi::ScratchAllocator& scratch, cons
   p.values = values;
   p.indices = indices;
   // Rows much longer than k: the streaming level reads each entry once.
-  static int filter_slot_count[64] = {};  // per device; 0 = not asked yet
-  const int d = dev.device & 63;
-  if (!filter_slot_count[d]) filter_slot_count[d] = filter_slots<T>(dev.sms);
-  const LevelPlan filter_plan = plan_filter_level(rows, n, k, filter_slot_count[d]);
+  const int slots = remembered(dev.device, 0, [&] { return filter_slots<T>(dev.sms); });
+  const LevelPlan filter_plan = plan_filter_level(rows, n, k, slots);
   if (filter_plan.num_segments > 0) {
     auto launch_first = [&](const SelectParams& q) {
       return launch_filter("topk", stream, x, lengths, rows, n, q, filter_plan);
     };
     return run_levels("topk", stream, scratch, filter_plan, launch_first, lengths, rows, n, p, dev);
   }
-  static int raw_cluster[64] = {};  // per device; 0 = not asked yet
-  if (!raw_cluster[d]) raw_cluster[d] = max_cluster_size<RawLoader<T>>(kRawCapacity, 0);
-  return run_select_levels("topk", stream, scratch, RawLoader<T>{x, lengths, n, k}, kRawCapacity, raw_cluster[d],
-                           lengths, rows, n, p, dev);
+  const int cluster = remembered(dev.device, 0, [] { return max_cluster_size<RawLoader<T>>(kRawCapacity, 0); });
+  return run_select_levels("topk", stream, scratch, RawLoader<T>{x, lengths, n, k},
+                           plan_level(rows, n, kRawCapacity, cluster, dev.sms), kRawCapacity, lengths, rows, n, p,
+                           dev);
 }
 
 ffi::Error topk_cuda(cudaStream_t stream, ffi::ScratchAllocator scratch, ffi::AnyBuffer scores,
