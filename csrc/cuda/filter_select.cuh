@@ -89,20 +89,12 @@ __device__ uint32_t block_select(int count, uint32_t rank, int low_bit, uint32_t
       if ((v & prefix_mask) == prefix) atomicAdd(&hist[(v >> lo) & digit_mask], 1u);
     }
     __syncthreads();
-    const int first_bin = kBins - 4 - tid * 4;  // this thread's bins, descending
-    const uint4 four = reinterpret_cast<const uint4*>(hist)[first_bin / 4];
-    const uint32_t cnt[4] = {four.w, four.z, four.y, four.x};
-    uint32_t before, total;
-    Scan(scan).ExclusiveSum(cnt[0] + cnt[1] + cnt[2] + cnt[3], before, total);
-#pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      if (before < remaining && before + cnt[j] >= remaining) {
-        s_digit = uint32_t(kBins - 1 - (tid * 4 + j));
-        s_remaining = remaining - before;
-        s_equal = cnt[j];
-      }
-      before += cnt[j];
-    }
+    const FourBins bins = FourBins::scan<Scan>(reinterpret_cast<const uint4*>(hist)[(kBins - 4 - tid * 4) / 4], scan);
+    bins.find(remaining, [&](uint32_t bin, uint32_t above, uint32_t count) {
+      s_digit = bin;
+      s_remaining = remaining - above;
+      s_equal = count;
+    });
     __syncthreads();
     prefix |= s_digit << lo;
     prefix_mask |= digit_mask << lo;
@@ -172,19 +164,12 @@ template <class Emit>
 __device__ void order_by_index(const uint32_t* keys, const int32_t* idx, int count, int64_t begin, int64_t len,
                                void* sort_storage, const Emit& emit) {
   const int tid = threadIdx.x;
-  if (count <= kRankSortMax) {  // position = entries of lower index; g threads share an entry
-    int g = 1;
-    while (g < 32 && count * g * 2 <= kSelectThreads) g *= 2;
-    const int e = tid / g, sub = tid % g;
-    const bool mine = e < count;
-    const int32_t id = mine ? idx[e] : 0;
-    uint32_t below = 0;
-    if (mine)
-      for (int j = sub; j < count; j += g) below += idx[j] < id ? 1u : 0u;
-    for (int o = 1; o < g; o <<= 1) below += __shfl_xor_sync(~0u, below, o);  // g lanes of one warp
-    const uint32_t key = mine ? keys[e] : 0u;
-    __syncthreads();
-    if (mine && sub == 0) emit(int(below), key, id);
+  if (count <= kRankSortMax) {  // position = entries of lower index
+    const EntryRank r = counting_rank(count, [&](int j, int e) { return idx[j] < idx[e]; });
+    const uint32_t key = r.rank >= 0 ? keys[r.entry] : 0u;
+    const int32_t id = r.rank >= 0 ? idx[r.entry] : 0;
+    __syncthreads();  // emit may overwrite keys and idx
+    if (r.rank >= 0) emit(r.rank, key, id);
     return;
   }
   constexpr int kItems = kSortCap / kSelectThreads;

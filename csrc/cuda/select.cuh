@@ -111,8 +111,54 @@ __host__ __device__ inline SelectSmem select_smem(int capacity, bool has_idx, si
 
 using SortBlock = cub::BlockRadixSort<uint32_t, kSelectThreads, kSortCap / kSelectThreads, int32_t, 4>;
 using ScanBlock = cub::BlockScan<uint32_t, kSelectThreads>;
+// This thread's four bins of a kBins histogram, highest first: bins kBins-1-4t ... kBins-4-4t
+// hold the counts cnt[0..3], `before` entries lie in the bins above them and `total` in all.
+struct FourBins {
+  uint32_t cnt[4];
+  uint32_t before, total;
+
+  // `four` holds bins kBins-4-4t ... kBins-1-4t as read from memory; a block scan counts them
+  // from the top.  Called by every thread.
+  template <class Scan>
+  static __device__ FourBins scan(uint4 four, typename Scan::TempStorage& storage) {
+    FourBins b{{four.w, four.z, four.y, four.x}, 0, 0};
+    Scan(storage).ExclusiveSum(b.cnt[0] + b.cnt[1] + b.cnt[2] + b.cnt[3], b.before, b.total);
+    return b;
+  }
+
+  // Calls found(bin, entries in the bins above it, its count) in the one thread whose bin holds
+  // the rank-th entry from the top (none when rank is 0 or exceeds total).
+  template <class Found>
+  __device__ void find(uint32_t rank, const Found& found) const {
+    uint32_t above = before;
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      if (above < rank && above + cnt[j] >= rank) found(uint32_t(kBins - 1 - (threadIdx.x * 4 + j)), above, cnt[j]);
+      above += cnt[j];
+    }
+  }
+};
+
 // The sort reuses the histograms and the (already loaded) sort buffer, which lie back to back.
 static_assert(sizeof(SortBlock::TempStorage) <= 2 * kBins * 4 + 2 * kSortCap * 4, "sort storage too large");
+
+// Counting rank of `count` (<= kRankSortMax) entries: g threads share entry e = tid / g and count
+// the entries j with precedes(j, e).  Gives each entry's rank in one of its threads, and
+// rank -1 in every other thread.  Called by every thread.
+struct EntryRank {
+  int entry, rank;
+};
+template <class Precedes>
+__device__ inline EntryRank counting_rank(int count, const Precedes& precedes) {
+  int g = 1;
+  while (g < 32 && count * g * 2 <= kSelectThreads) g *= 2;
+  const int e = threadIdx.x / g, sub = threadIdx.x % g;
+  uint32_t rank = 0;
+  if (e < count)
+    for (int j = sub; j < count; j += g) rank += precedes(j, e) ? 1u : 0u;
+  for (int o = 1; o < g; o <<= 1) rank += __shfl_xor_sync(~0u, rank, o);  // g lanes of one warp
+  return {e, e < count && sub == 0 ? int(rank) : -1};
+}
 
 // Writes a final level's `sel` winners (shared memory, in index order) to row `row` of the
 // outputs, largest key first and ties in index order, and fills the slots past `sel` with -inf
@@ -130,25 +176,17 @@ __device__ inline void write_final_order(const uint32_t* win_keys, const int32_t
 
   if (sel <= kRankSortMax) {
     // Few winners: each one's output slot is the number of winners ranked above it (larger
-    // key, or equal key at a lower position, i.e. a lower index).  g threads share a winner.
-    int g = 1;
-    while (g < 32 && sel * g * 2 <= kSelectThreads) g *= 2;
-    const int e = tid / g, sub = tid % g;
-    const bool mine = e < sel;
-    const uint32_t key = mine ? win_keys[e] : 0u;
-    uint32_t above = 0;
-    if (mine) {
-      for (int j = sub; j < sel; j += g) {
-        const uint32_t kj = win_keys[j];
-        above += (kj > key || (kj == key && j < e)) ? 1u : 0u;
-      }
-    }
-    for (int o = 1; o < g; o <<= 1) above += __shfl_xor_sync(~0u, above, o);  // g lanes of one warp
-    if (mine && sub == 0) {
-      const int64_t o = row * p.k + above;
+    // key, or equal key at a lower position, i.e. a lower index).
+    const EntryRank r = counting_rank(sel, [&](int j, int e) {
+      const uint32_t kj = win_keys[j], ke = win_keys[e];
+      return kj > ke || (kj == ke && j < e);
+    });
+    if (r.rank >= 0) {
+      const int64_t o = row * p.k + r.rank;
+      const uint32_t key = win_keys[r.entry];
       if (p.value_bytes == 4) static_cast<uint32_t*>(p.values)[o] = bits32_of_key(key);
       else static_cast<uint16_t*>(p.values)[o] = bits16_of_key(key);
-      p.indices[o] = win_idx[e];
+      p.indices[o] = win_idx[r.entry];
     }
     return;
   }
@@ -324,24 +362,17 @@ select_kernel(const Loader loader, const SelectParams p) {
     const int first_bin = kBins - 4 - tid * 4;
     const uint4 four = reinterpret_cast<const uint4*>(
         cluster.map_shared_rank(slice, first_bin / span))[(first_bin % span) / 4];
-    const uint32_t cnt[4] = {four.w, four.z, four.y, four.x};
-    const uint32_t own = cnt[0] + cnt[1] + cnt[2] + cnt[3];
-    uint32_t before, total;
-    ScanBlock(scan_storage).ExclusiveSum(own, before, total);
+    const FourBins bins = FourBins::scan<ScanBlock>(four, scan_storage);
     if (pass == 0) {
-      selected = uint32_t(min64(p.k, total));
+      selected = uint32_t(min64(p.k, bins.total));
       remaining = selected;
     }
     if (remaining == 0) break;  // uniform over the cluster: no valid entry
-#pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      if (before < remaining && before + cnt[j] >= remaining) {
-        s_digit = uint32_t(kBins - 1 - (tid * 4 + j));
-        s_remaining = remaining - before;
-        s_bin_full = before + cnt[j] == remaining;
-      }
-      before += cnt[j];
-    }
+    bins.find(remaining, [&](uint32_t bin, uint32_t above, uint32_t count) {
+      s_digit = bin;
+      s_remaining = remaining - above;
+      s_bin_full = above + count == remaining;
+    });
     __syncthreads();
     JH_TRACE("digit");
     prefix |= s_digit << lo;
@@ -456,18 +487,13 @@ __device__ inline uint32_t tile_floor(const uint32_t* hist, int64_t k) {
   __shared__ uint32_t s_floor;
   const int tid = threadIdx.x;
   __syncthreads();  // the tile's counts are complete (and an earlier call's s_floor is read)
-  const int first_bin = kBins - 4 - tid * 4;  // this thread's bins, descending as in select_kernel
-  const uint4 four = reinterpret_cast<const uint4*>(hist)[first_bin / 4];
-  const uint32_t cnt[4] = {four.w, four.z, four.y, four.x};
-  uint32_t before, total;
-  Scan(scan).ExclusiveSum(cnt[0] + cnt[1] + cnt[2] + cnt[3], before, total);
+  const FourBins bins = FourBins::scan<Scan>(reinterpret_cast<const uint4*>(hist)[(kBins - 4 - tid * 4) / 4], scan);
   // Exactly one thread writes s_floor: thread 0 if the tile has fewer than k keys, else the
   // thread holding the bin where the count from the top reaches k.
-  if (tid == 0 && int64_t(total) < k) s_floor = 0;
-#pragma unroll
-  for (int j = 0; j < 4; ++j) {
-    if (int64_t(before) < k && int64_t(before) + cnt[j] >= k) s_floor = uint32_t(kBins - 1 - (tid * 4 + j)) << (32 - kDigitBits);
-    before += cnt[j];
+  if (int64_t(bins.total) < k) {
+    if (tid == 0) s_floor = 0;
+  } else {
+    bins.find(uint32_t(k), [&](uint32_t bin, uint32_t, uint32_t) { s_floor = bin << (32 - kDigitBits); });
   }
   __syncthreads();
   return s_floor;
