@@ -15,16 +15,17 @@ export PYTHONUNBUFFERED=1 JAX_PLATFORMS=cuda XLA_PYTHON_CLIENT_PREALLOCATE=false
 gpus=$(nvidia-smi -L | wc -l)
 nvidia-smi --query-gpu=index,name --format=csv,noheader
 names=() tested=""
+declare -A flags_of
 for spec in "$@"; do
   IFS='=' read -r name src flags <<<"$spec"
   names+=("$name")
   rm -rf "/tmp/src_$name" && cp -r "$src" "/tmp/src_$name"
-  echo "${flags:-}" >"/tmp/flags_$name"
+  flags_of[$name]=${flags:-}
   [[ "${flags:-}" == *JH_SELECT_TRACE* ]] || tested=$name
 done
 echo "== build ${names[*]} ($(date -u +%T))"
 for name in "${names[@]}"; do
-  (cd "/tmp/src_$name" && CUDAFLAGS="$(cat /tmp/flags_$name)" JAX_HETERO_CUDA=ON python3 -m pip install -q \
+  (cd "/tmp/src_$name" && CUDAFLAGS="${flags_of[$name]}" JAX_HETERO_CUDA=ON python3 -m pip install -q \
      --no-build-isolation --no-deps --target "/tmp/pkg_$name" . >"$out/build_$name.log" 2>&1 \
    || { tail -30 "$out/build_$name.log"; echo "BUILD FAILED: $name"; }) &
 done
@@ -35,7 +36,7 @@ run() {  # run NAME GPU
   local name=$1 src=/tmp/src_$1
   export CUDA_VISIBLE_DEVICES=$2 PYTHONPATH=/tmp/pkg_$1
   [ -d "/tmp/pkg_$name/jax_hetero" ] || return
-  if grep -q JH_SELECT_TRACE "/tmp/flags_$name"; then
+  if [[ "${flags_of[$name]}" == *JH_SELECT_TRACE* ]]; then
     timeout 120 python3 "$src/bench/ncu_cases.py" 2>&1 | grep -v "^case: sparse" >"$out/trace_$name.txt"
   else
     timeout ${BENCH_TIMEOUT:-240} python3 "$src/bench/gpu_bench.py" --no-baselines \

@@ -114,7 +114,6 @@ def torch_available():
 
 
 ROWS = []  # (section, case, impl, seconds, bytes, note)
-BASELINES = True  # --no-baselines: time only jax_hetero (A/B runs of two builds)
 
 
 def record(section, case, impl, seconds, nbytes=None, note=""):
@@ -133,8 +132,8 @@ TOPK_CASES = [  # rows, n, k, dtype
 ]
 
 
-def bench_topk(quick, use_torch):
-    cases = TOPK_CASES[:6] if quick else TOPK_CASES
+def bench_topk(opts):
+    cases = TOPK_CASES[:6] if opts.quick else TOPK_CASES
     for rows, n, k, dtype in cases:
         name = f"{rows}x{n:,} k={k} {dtype}"
         nbytes = rows * n * jnp.dtype(dtype).itemsize
@@ -151,13 +150,13 @@ def bench_topk(quick, use_torch):
         t = time_jax(lambda x, dep: jh.topk(x, k, lengths=full + (dep > 1e30).astype(jnp.int32), backend="cuda"),
                      [(x,) for x in xs])
         record("topk", name, "jax_hetero cuda", t, nbytes, note)
-        if not BASELINES:
+        if not opts.baselines:
             continue
         slow = rows * n >= 10_000_000 and k <= 16  # lax.top_k takes 15-155 ms here
         t = time_jax(lambda x, dep: jax.lax.top_k(x.at[0, 0].add((dep > 1e30).astype(x.dtype)), k),
                      [(x,) for x in xs[:1 if slow else r]], repeats=3 if slow else 7, budget_s=0.5)
         record("topk", name, "jax.lax.top_k", t, nbytes)
-        if use_torch:
+        if opts.torch:
             import torch
             txs = [torch.from_dlpack(x) for x in xs]
             t = time_torch(lambda x: torch.topk(x, k, dim=-1), txs)
@@ -166,7 +165,7 @@ def bench_topk(quick, use_torch):
 
 
 # ---------------------------------------------------------------- gather
-def bench_gather(quick, use_torch):
+def bench_gather(opts):
     m, row_elems, count = 65_536, 1024, 65_536  # 2 KB bf16 rows (a KV page row), 128 MB gathered
     table = jax.random.normal(jax.random.key(1), (m, row_elems), jnp.bfloat16)
     r = 4
@@ -182,7 +181,7 @@ def bench_gather(quick, use_torch):
     t = time_jax(lambda tb, i, dep: jnp.take(tb, i + (dep > 1e30).astype(jnp.int32), axis=0),
                  [(table, i) for i in idx])
     record("gather", name, "jnp.take", t, nbytes)
-    if use_torch:
+    if opts.torch:
         import torch
         tt = torch.from_dlpack(table)
         t = time_torch(lambda i: torch.index_select(tt, 0, i), [torch.from_dlpack(i) for i in idx])
@@ -190,7 +189,7 @@ def bench_gather(quick, use_torch):
 
 
 # ---------------------------------------------------------------- indexer (dsa)
-def bench_indexer(quick, use_torch):
+def bench_indexer(opts):
     if not backends.has("indexer_dsa", "cuda"):
         print("  indexer_dsa: no CUDA handler, skipped")
         return
@@ -212,7 +211,7 @@ def bench_indexer(quick, use_torch):
     t = time_jax(lambda q, kk, w, dep: jh.indexer(q, kk, k, kind="dsa", weights=w,
                                                   lengths=full + (dep > 1e30).astype(jnp.int32), backend="cuda"), sets)
     record("indexer", name, "jax_hetero cuda (fused)", t, nbytes, record_note)
-    if not BASELINES:
+    if not opts.baselines:
         return
     t = time_jax(lambda q, kk, w, dep: jh.indexer(q, kk, k, kind="dsa", weights=w,
                                                   lengths=full - (dep > 1e30).astype(jnp.int32), backend="xla"), sets)
@@ -220,12 +219,12 @@ def bench_indexer(quick, use_torch):
 
 
 # ---------------------------------------------------------------- sparse attention
-def bench_attention(quick, use_torch):
+def bench_attention(opts):
     if not backends.has("sparse_attention", "cuda"):
         print("  sparse_attention: no CUDA handler, skipped")
         return
     b, hq, hkv, d, n, kb, bs = 32, 32, 8, 128, 131_072, 64, 64
-    if quick:
+    if opts.quick:
         b = 4
     name = f"b={b} hq={hq} hkv={hkv} d={d} bf16 {n:,} ctx, {kb}x{bs}"
     kq, kk, kv = jax.random.split(jax.random.key(7), 3)
@@ -259,7 +258,7 @@ def summary():
     print("\n## CUDA backend benchmark", flush=True)
     print(f"device: {jax.devices()[0].device_kind}  jax {jax.__version__}  "
           f"date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}")
-    print(f"| section | case | impl | µs | TB/s | vs ours | note |")
+    print("| section | case | impl | µs | TB/s | vs ours | note |")
     print("|---|---|---|---|---|---|---|")
     ours = {}
     for row in ROWS:
@@ -280,14 +279,12 @@ def main():
     parser.add_argument("--no-baselines", action="store_true",
                         help="time only jax_hetero's kernels (topk, indexer), to compare two builds")
     args = parser.parse_args()
-    global BASELINES
-    BASELINES = not args.no_baselines
-    use_torch = torch_available()
-    print(f"device {jax.devices()[0].device_kind}, torch {'yes' if use_torch else 'no'}", flush=True)
+    opts = argparse.Namespace(quick=args.quick, torch=torch_available(), baselines=not args.no_baselines)
+    print(f"device {jax.devices()[0].device_kind}, torch {'yes' if opts.torch else 'no'}", flush=True)
     sections = {"topk": bench_topk, "gather": bench_gather, "indexer": bench_indexer, "attention": bench_attention}
     for name in args.only.split(","):
         try:
-            sections[name](args.quick, use_torch)
+            sections[name](opts)
         except Exception as err:  # keep the other sections' numbers
             print(f"  {name}: FAILED {type(err).__name__}: {err}", flush=True)
     if args.json:
