@@ -42,6 +42,11 @@ struct DsaScorer {
     return size_t(h) * di * (tensor_cores ? sizeof(T) : 4) + size_t(h) * 4;
   }
 
+  // Where chunk c of a head's q lies in its smem row.  score_mma's 8-lane phases read chunks
+  // 4j..4j+3 of an even and an odd head, whose rows start on the same bank: the odd head's
+  // chunks move to the other half of the 128 bytes, so a phase is conflict-free.
+  static __device__ __forceinline__ int q_chunk(int c, int head) { return c ^ ((head & 1) << 2); }
+
   // Copies q (swizzled 16-byte chunks for the tensor-core path) and the weights to smem.
   __device__ void stage(int64_t row, unsigned char* extra) const {
     float* w = reinterpret_cast<float*>(extra + size_t(h) * di * (tensor_cores ? sizeof(T) : 4));
@@ -52,7 +57,7 @@ struct DsaScorer {
       uint4* dst = reinterpret_cast<uint4*>(extra);
       for (int i = threadIdx.x; i < h * chunks; i += blockDim.x) {
         const int head = i / chunks, c = i % chunks;
-        dst[head * chunks + (c ^ (head & 7))] = src[i];
+        dst[head * chunks + q_chunk(c, head)] = src[i];
       }
     } else {
       float* dst = reinterpret_cast<float*>(extra);
@@ -71,29 +76,21 @@ struct DsaScorer {
     const uint4* qs = reinterpret_cast<const uint4*>(extra);
     const float* w = reinterpret_cast<const float*>(extra + size_t(h) * di * sizeof(T));
     const uint4* krow = reinterpret_cast<const uint4*>(keys + (row * n + begin) * di);
-    auto load_tile = [&](int t0, uint4* lo, uint4* hi) {
+    for (int t0 = warp * 16; t0 < len; t0 += kWarps * 16) {
       const int r0 = t0 + g, r1 = t0 + g + 8;
+      uint4 lo[J], hi[J];
 #pragma unroll
       for (int j = 0; j < J; ++j) {
         lo[j] = r0 < len ? __ldg(krow + int64_t(r0) * kChunks + j * 4 + quad) : make_uint4(0, 0, 0, 0);
         hi[j] = r1 < len ? __ldg(krow + int64_t(r1) * kChunks + j * 4 + quad) : make_uint4(0, 0, 0, 0);
       }
-    };
-    // The next tile's keys are in flight while this one is multiplied.
-    uint4 lo[J], hi[J];
-    load_tile(warp * 16, lo, hi);
-    for (int t0 = warp * 16; t0 < len; t0 += kWarps * 16) {
-      const int r0 = t0 + g, r1 = t0 + g + 8;
-      uint4 next_lo[J], next_hi[J];
-      load_tile(t0 + kWarps * 16, next_lo, next_hi);
       float s0 = 0.f, s1 = 0.f;
-#pragma unroll 1
       for (int nt = 0; nt < h / 8; ++nt) {
         const int head = nt * 8 + g;
         float c[4] = {0.f, 0.f, 0.f, 0.f};
 #pragma unroll
         for (int j = 0; j < J; ++j) {
-          const uint4 b = qs[head * kChunks + ((j * 4 + quad) ^ (head & 7))];
+          const uint4 b = qs[head * kChunks + q_chunk(j * 4 + quad, head)];
           mma_16816<T>(c, lo[j].x, hi[j].x, lo[j].y, hi[j].y, b.x, b.y);
           mma_16816<T>(c, lo[j].z, hi[j].z, lo[j].w, hi[j].w, b.z, b.w);
         }
@@ -111,8 +108,6 @@ struct DsaScorer {
         if (r0 < len) emit(r0, s0);
         if (r1 < len) emit(r1, s1);
       }
-#pragma unroll
-      for (int j = 0; j < J; ++j) lo[j] = next_lo[j], hi[j] = next_hi[j];
     }
   }
 
