@@ -13,7 +13,6 @@ constexpr int kIndexerCapacity = 1024;  // tokens scored per CTA, so a row sprea
 constexpr int kIndexerMaxCapacity = 2048;  // tokens per CTA when one wave of clusters covers a row
 constexpr int kIndexerMaxCluster = 16;
 constexpr int kWarps = kSelectThreads / 32;
-constexpr int kTokenBlocks = 2;  // 16-token blocks per warp tile of the tensor-core scorer
 
 template <class T>
 __device__ __forceinline__ void mma_16816(float* c, uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
@@ -69,51 +68,45 @@ struct DsaScorer {
 
   template <int J, class Emit>
   __device__ void score_mma(int64_t row, int64_t begin, int len, const unsigned char* extra, Emit& emit) const {
-    // Warp tile: kTokenBlocks blocks of 16 tokens x all heads, so every q fragment read from
-    // shared memory feeds kTokenBlocks mma pairs.  Thread (g, quad) holds token rows g, g + 8,
-    // g + 16, ... and feeds the k-slots of the mma from 16-byte chunks quad, quad+4, ... of
-    // them; q is read with the same dim permutation, so each product pairs the same dims and
-    // the sum over dims is unchanged.
-    constexpr int kRows = 2 * kTokenBlocks, kTile = 8 * kRows, kChunks = J * 4;
+    // Warp tile: 16 tokens x all heads.  Thread (g, quad) feeds the k-slots of the mma from
+    // 16-byte chunks quad, quad+4, ... of its rows; q is read with the same dim permutation,
+    // so each product pairs the same dims and the sum over dims is unchanged.
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, quad = lane & 3;
+    constexpr int kChunks = J * 4;
     const uint4* qs = reinterpret_cast<const uint4*>(extra);
     const float* w = reinterpret_cast<const float*>(extra + size_t(h) * di * sizeof(T));
     const uint4* krow = reinterpret_cast<const uint4*>(keys + (row * n + begin) * di);
-    for (int t0 = warp * kTile; t0 < len; t0 += kWarps * kTile) {
-      uint4 a[kRows][J];  // a[r]: token t0 + g + 8r
+    for (int t0 = warp * 16; t0 < len; t0 += kWarps * 16) {
+      const int r0 = t0 + g, r1 = t0 + g + 8;
+      uint4 lo[J], hi[J];
 #pragma unroll
-      for (int r = 0; r < kRows; ++r) {
-        const int t = t0 + g + 8 * r;
-#pragma unroll
-        for (int j = 0; j < J; ++j) a[r][j] = t < len ? __ldg(krow + int64_t(t) * kChunks + j * 4 + quad) : make_uint4(0, 0, 0, 0);
+      for (int j = 0; j < J; ++j) {
+        lo[j] = r0 < len ? __ldg(krow + int64_t(r0) * kChunks + j * 4 + quad) : make_uint4(0, 0, 0, 0);
+        hi[j] = r1 < len ? __ldg(krow + int64_t(r1) * kChunks + j * 4 + quad) : make_uint4(0, 0, 0, 0);
       }
-      float s[kRows] = {};
-#pragma unroll 1  // unrolled, the loop spills at 128 registers
+      float s0 = 0.f, s1 = 0.f;
       for (int nt = 0; nt < h / 8; ++nt) {
         const int head = nt * 8 + g;
-        float c[kTokenBlocks][4] = {};
+        float c[4] = {0.f, 0.f, 0.f, 0.f};
 #pragma unroll
         for (int j = 0; j < J; ++j) {
           const uint4 b = qs[head * kChunks + q_chunk(j * 4 + quad, head)];
-#pragma unroll
-          for (int m = 0; m < kTokenBlocks; ++m) {
-            const uint4 &lo = a[2 * m][j], &hi = a[2 * m + 1][j];
-            mma_16816<T>(c[m], lo.x, hi.x, lo.y, hi.y, b.x, b.y);
-            mma_16816<T>(c[m], lo.z, hi.z, lo.w, hi.w, b.z, b.w);
-          }
+          mma_16816<T>(c, lo[j].x, hi[j].x, lo[j].y, hi[j].y, b.x, b.y);
+          mma_16816<T>(c, lo[j].z, hi[j].z, lo[j].w, hi[j].w, b.z, b.w);
         }
         const float w0 = w[nt * 8 + 2 * quad], w1 = w[nt * 8 + 2 * quad + 1];
-#pragma unroll
-        for (int m = 0; m < kTokenBlocks; ++m) {
-          s[2 * m] = fmaf(fmaxf(c[m][1], 0.f), w1, fmaf(fmaxf(c[m][0], 0.f), w0, s[2 * m]));
-          s[2 * m + 1] = fmaf(fmaxf(c[m][3], 0.f), w1, fmaf(fmaxf(c[m][2], 0.f), w0, s[2 * m + 1]));
-        }
+        s0 = fmaf(fmaxf(c[0], 0.f), w0, s0);
+        s0 = fmaf(fmaxf(c[1], 0.f), w1, s0);
+        s1 = fmaf(fmaxf(c[2], 0.f), w0, s1);
+        s1 = fmaf(fmaxf(c[3], 0.f), w1, s1);
       }
-#pragma unroll
-      for (int r = 0; r < kRows; ++r) {
-        s[r] += __shfl_xor_sync(~0u, s[r], 1);
-        s[r] += __shfl_xor_sync(~0u, s[r], 2);
-        if (quad == 0 && t0 + g + 8 * r < len) emit(t0 + g + 8 * r, s[r]);
+      s0 += __shfl_xor_sync(~0u, s0, 1);
+      s0 += __shfl_xor_sync(~0u, s0, 2);
+      s1 += __shfl_xor_sync(~0u, s1, 1);
+      s1 += __shfl_xor_sync(~0u, s1, 2);
+      if (quad == 0) {
+        if (r0 < len) emit(r0, s0);
+        if (r1 < len) emit(r1, s1);
       }
     }
   }
