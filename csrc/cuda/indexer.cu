@@ -11,7 +11,7 @@ namespace {
 
 constexpr int kIndexerCapacity = 1024;  // tokens scored per CTA, so a row spreads over the GPU
 constexpr int kIndexerMaxCapacity = 2048;  // tokens per CTA when one wave of clusters covers a row
-constexpr int kIndexerMaxCluster = 16;
+constexpr int kIndexerMaxCluster = 16;  // one_wave_plan tries clusters of 16, 8, 4 and 2
 constexpr int kWarps = kSelectThreads / 32;
 
 template <class T>
