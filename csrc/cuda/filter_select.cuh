@@ -333,19 +333,17 @@ filter_kernel(const T* x, const int32_t* lengths, int64_t n, const SelectParams 
 }
 
 // Geometry of the streaming level for rows x n top-k, or num_segments = 0 when it does not
-// pay: chunks of whole steps with at least JH_FILTER_CHUNK_PER_K * k entries each (shorter
-// ones keep too many entries, and their k candidates each cost the candidate levels more), as
-// many per row as fill the device's `slots` CTA slots, and at least half of those slots in
-// use.  (H200, 2026-11-28, with 64: 1 x 10M top-2048 in 136 chunks of ~74k took 110 us, 95 us
-// without this level.)  The factor is a build flag so bench/ab_check.sh can compare rules.
-#ifndef JH_FILTER_CHUNK_PER_K
-#define JH_FILTER_CHUNK_PER_K 64
-#endif
+// pay: chunks of whole steps with at least kFilterChunkPerK * k entries each (shorter ones
+// keep too many entries, and their k candidates each cost the candidate levels more), as many
+// per row as fill the device's `slots` CTA slots, and at least half of those slots in use.
+// (H200, 2026-11-28: 1 x 10M top-2048 in 136 chunks of ~74k took 110 us, 95 us without this
+// level; factors 16 and 8 gained nothing on 64x131072 and 4x1M, docs/cuda_notes.md.)
+constexpr int64_t kFilterChunkPerK = 64;
 inline LevelPlan plan_filter_level(int64_t rows, int64_t n, int64_t k, int slots) {
   LevelPlan plan;
   plan.num_segments = 0;
   if (slots <= 0) return plan;
-  const int64_t min_chunk = max64(JH_FILTER_CHUNK_PER_K * k, 2 * kFilterStep);
+  const int64_t min_chunk = max64(kFilterChunkPerK * k, 2 * kFilterStep);
   const int64_t per_row = min64(max64(1, slots / rows), n / min_chunk);
   if (per_row < 1 || rows * per_row < slots / 2) return plan;
   const int64_t chunk = (n + per_row - 1) / per_row;

@@ -160,6 +160,13 @@ __device__ inline EntryRank counting_rank(int count, const Precedes& precedes) {
   return {e, e < count && sub == 0 ? int(rank) : -1};
 }
 
+// Output slot o of a final level: the value (bit-exact from its order key) and the index.
+__device__ __forceinline__ void store_result(const SelectParams& p, int64_t o, uint32_t key, int32_t index) {
+  if (p.value_bytes == 4) static_cast<uint32_t*>(p.values)[o] = bits32_of_key(key);
+  else static_cast<uint16_t*>(p.values)[o] = bits16_of_key(key);
+  p.indices[o] = index;
+}
+
 // Writes a final level's `sel` winners (shared memory, in index order) to row `row` of the
 // outputs, largest key first and ties in index order, and fills the slots past `sel` with -inf
 // and index -1.  sort_storage (at least sizeof(SortBlock::TempStorage) bytes of shared memory) may overlap
@@ -181,13 +188,7 @@ __device__ inline void write_final_order(const uint32_t* win_keys, const int32_t
       const uint32_t kj = win_keys[j], ke = win_keys[e];
       return kj > ke || (kj == ke && j < e);
     });
-    if (r.rank >= 0) {
-      const int64_t o = row * p.k + r.rank;
-      const uint32_t key = win_keys[r.entry];
-      if (p.value_bytes == 4) static_cast<uint32_t*>(p.values)[o] = bits32_of_key(key);
-      else static_cast<uint16_t*>(p.values)[o] = bits16_of_key(key);
-      p.indices[o] = win_idx[r.entry];
-    }
+    if (r.rank >= 0) store_result(p, row * p.k + r.rank, win_keys[r.entry], win_idx[r.entry]);
     return;
   }
 
@@ -217,14 +218,7 @@ __device__ inline void write_final_order(const uint32_t* win_keys, const int32_t
 #pragma unroll
   for (int j = 0; j < kItems; ++j) {
     const int at = j * kSelectThreads + tid;
-    if (at >= sel) continue;
-    const int64_t o = row * p.k + at;
-    if (p.value_bytes == 4) {
-      static_cast<uint32_t*>(p.values)[o] = bits32_of_key(sk[j]);
-    } else {
-      static_cast<uint16_t*>(p.values)[o] = bits16_of_key(sk[j]);
-    }
-    p.indices[o] = si[j];
+    if (at < sel) store_result(p, row * p.k + at, sk[j], si[j]);
   }
 }
 
