@@ -56,12 +56,17 @@ struct RawLoader {
           const int i = base + j * kSelectThreads + threadIdx.x;
           const bool ok = i < nv;
           const T* e = reinterpret_cast<const T*>(&r[j]);
+          uint32_t key[kVec];
 #pragma unroll
-          for (int q = 0; q < kVec; ++q) {
-            const uint32_t key = key_of(e[q]);
-            if (ok) keys[i * kVec + q] = key;
-            count_first_digit(hist, key, ok && key >= floor);
-          }
+          for (int q = 0; q < kVec; ++q) key[q] = key_of(e[q]);
+          // 16-byte stores: 4-byte stores 16 bytes apart met 4-way bank conflicts.
+#pragma unroll
+          for (int w = 0; w < kVec / 4; ++w)
+            if (ok)
+              reinterpret_cast<uint4*>(keys)[i * (kVec / 4) + w] =
+                  make_uint4(key[4 * w], key[4 * w + 1], key[4 * w + 2], key[4 * w + 3]);
+#pragma unroll
+          for (int q = 0; q < kVec; ++q) count_first_digit(hist, key[q], ok && key[q] >= floor);
           if (base == 0 && floor == 0 && (j == 0 || j == 3)) {  // vectors [0, (j + 1) * 512) are counted
             const int tile_vectors = (j + 1) * kSelectThreads;
             if (nv > tile_vectors && k * 4 <= int64_t(tile_vectors) * kVec) floor = tile_floor(hist, k);
