@@ -247,8 +247,8 @@ ffi::Error block_indexer(cudaStream_t stream, ffi::ScratchAllocator& scratch, co
     using T = decltype(tag);
     const BlockLoader<T, kQuest> loader{make_scorer<T, kQuest>(q, lo, hi, valid, a)};
     const SelectParams p = float32_select_params(k, values->typed_data(), indices->typed_data());
-    return run_select_levels(op, stream, scratch, loader, plan_level(rows, a.nb, kBlockCapacity, kBlockMaxCluster, dev.sms),
-                             kBlockCapacity, row_valid, rows, a.nb, p, dev);
+    const LevelPlan plan = plan_level(rows, a.nb, kBlockCapacity, kBlockMaxCluster, dev.sms, kMinSplitEntries);
+    return run_select_levels(op, stream, scratch, loader, plan, kBlockCapacity, row_valid, rows, a.nb, p, dev);
   });
 }
 

@@ -46,6 +46,7 @@ constexpr int kBins = 1 << kDigitBits;
 constexpr int kSortCap = 2048;  // largest k of the selection path
 constexpr int kMaxLevels = 4;
 constexpr int kRankSortMax = 256;  // final levels with at most this many winners rank them by counting
+constexpr int kMinSplitEntries = 2048;  // entries a CTA keeps when plan_level splits a row further
 
 struct SelectParams {
   int64_t k;
@@ -537,8 +538,10 @@ struct LevelPlan {
 };
 
 // Plans one level over rows x entries with `capacity` keys per CTA and clusters of at most
-// max_cluster CTAs: few rows get big clusters so one row still spreads over many SMs.
-inline LevelPlan plan_level(int64_t rows, int64_t entries, int capacity, int max_cluster, int sms) {
+// max_cluster CTAs: few rows get big clusters so one row still spreads over many SMs, as long as
+// every CTA keeps at least min_per_cta entries (a split that leaves less costs more in cluster
+// barriers than it saves in work).
+inline LevelPlan plan_level(int64_t rows, int64_t entries, int capacity, int max_cluster, int sms, int min_per_cta) {
   LevelPlan plan;
   if (entries > int64_t(max_cluster) * capacity) {
     plan.cluster = max_cluster;
@@ -549,7 +552,7 @@ inline LevelPlan plan_level(int64_t rows, int64_t entries, int capacity, int max
   }
   int cs = 1;
   while (int64_t(cs) * capacity < entries) cs *= 2;
-  while (cs < max_cluster && rows * cs < 2 * sms && entries / (2 * cs) >= 2048) cs *= 2;
+  while (cs < max_cluster && rows * cs < 2 * sms && entries / (2 * cs) >= min_per_cta) cs *= 2;
   plan.cluster = cs;
   plan.per_cta = int((entries + cs - 1) / cs);
   plan.segment_len = int64_t(cs) * plan.per_cta;
@@ -648,7 +651,7 @@ LevelPlan one_wave_plan(const DeviceInfo& dev, int64_t rows, int64_t entries, in
     plan.num_segments = (entries + plan.segment_len - 1) / plan.segment_len;
     return plan;
   }
-  return plan_level(rows, entries, base_capacity, std::min(max_cluster, 8), dev.sms);
+  return plan_level(rows, entries, base_capacity, std::min(max_cluster, 8), dev.sms, kMinSplitEntries);
 }
 
 constexpr int kPairCapacity = 8192;  // keys + indices per CTA for candidates (64 KiB)
@@ -669,7 +672,8 @@ ffi::Error run_levels(const char* op, cudaStream_t stream, ffi::ScratchAllocator
   int levels = 1;
   while (plans[levels - 1].num_segments > 1) {
     if (levels == kMaxLevels) return op_error(op, "rows of ", n, " entries need too many selection levels");
-    plans[levels] = plan_level(rows, plans[levels - 1].num_segments * k, kPairCapacity, pair_cluster, dev.sms);
+    plans[levels] = plan_level(rows, plans[levels - 1].num_segments * k, kPairCapacity, pair_cluster, dev.sms,
+                                kMinSplitEntries);
     ++levels;
   }
   ScratchArena arena;

@@ -14,6 +14,9 @@ namespace jax_hetero {
 namespace {
 
 constexpr int kRawCapacity = 16384;   // keys per CTA for raw scores (64 KiB)
+// Raw rows are split over a cluster only while every CTA keeps 8192 keys: one CTA per row of
+// 64 x 8192 k=256 took 16.5 us against 24.2 us for clusters of 4 (H200, 2026-11-28).
+constexpr int kRawMinPerCta = 8192;
 
 template <class T>
 struct RawLoader {
@@ -183,9 +186,9 @@ ffi::Error topk_select(cudaStream_t stream, ffi::ScratchAllocator& scratch, cons
     return run_levels("topk", stream, scratch, filter_plan, launch_first, lengths, rows, n, p, dev);
   }
   const int cluster = remembered(dev.device, 0, [] { return max_cluster_size<RawLoader<T>>(kRawCapacity, 0); });
-  return run_select_levels("topk", stream, scratch, RawLoader<T>{x, lengths, n, k},
-                           plan_level(rows, n, kRawCapacity, cluster, dev.sms), kRawCapacity, lengths, rows, n, p,
-                           dev);
+  const LevelPlan plan = plan_level(rows, n, kRawCapacity, cluster, dev.sms, kRawMinPerCta);
+  return run_select_levels("topk", stream, scratch, RawLoader<T>{x, lengths, n, k}, plan, kRawCapacity, lengths,
+                           rows, n, p, dev);
 }
 
 ffi::Error topk_cuda(cudaStream_t stream, ffi::ScratchAllocator scratch, ffi::AnyBuffer scores,
