@@ -101,6 +101,7 @@ struct ScoreEmit {  // relevancy: the score goes to memory
 template <class T, bool kQuest>
 struct BlockLoader {
   static constexpr bool kHasIdx = false;
+  using StagedKey = uint32_t;
   BlockScorer<T, kQuest> scorer;
 
   __host__ __device__ size_t extra_bytes() const { return scorer.extra_bytes(); }
@@ -247,7 +248,8 @@ ffi::Error block_indexer(cudaStream_t stream, ffi::ScratchAllocator& scratch, co
     using T = decltype(tag);
     const BlockLoader<T, kQuest> loader{make_scorer<T, kQuest>(q, lo, hi, valid, a)};
     const SelectParams p = float32_select_params(k, values->typed_data(), indices->typed_data());
-    const LevelPlan plan = plan_level(rows, a.nb, kBlockCapacity, kBlockMaxCluster, dev.sms, kMinSplitEntries);
+    const LevelPlan plan = plan_level(rows, a.nb, kBlockCapacity, kBlockMaxCluster, kSelectCtasPerSm * dev.sms,
+                                      kMinSplitEntries);
     return run_select_levels(op, stream, scratch, loader, plan, kBlockCapacity, row_valid, rows, a.nb, p, dev);
   });
 }

@@ -5,7 +5,8 @@
 // kSortCap) winners in rank 0; a non-final level writes them as candidates for the next one.
 //
 // A Loader fills a CTA's keys (and original indices when kHasIdx) for a range of a row,
-// counting each key's first radix digit (store_key):
+// counting each key's first radix digit (store_key).  Its StagedKey is the type of the keys in
+// shared memory: uint32_t, or uint16_t for 16-bit inputs (see staged_key):
 // raw scores (topk), candidates of an earlier level, or scores computed on the fly (indexer).
 #pragma once
 #include <cooperative_groups.h>
@@ -47,6 +48,7 @@ constexpr int kSortCap = 2048;  // largest k of the selection path
 constexpr int kMaxLevels = 4;
 constexpr int kRankSortMax = 256;  // final levels with at most this many winners rank them by counting
 constexpr int kMinSplitEntries = 2048;  // entries a CTA keeps when plan_level splits a row further
+constexpr int kSelectCtasPerSm = 2;     // 512 threads x 64 registers (and <= 113 KiB of shared memory)
 
 struct SelectParams {
   int64_t k;
@@ -96,11 +98,12 @@ __host__ __device__ inline int select_list_cap(int capacity) {
   return share < 256 ? share : 256;
 }
 
-__host__ __device__ inline SelectSmem select_smem(int capacity, bool has_idx, size_t extra_bytes) {
+template <class Loader>
+__host__ __device__ inline SelectSmem select_smem(int capacity, size_t extra_bytes) {
   SelectSmem s{};
   size_t off = 0;
-  s.keys = off; off += size_t(capacity) * 4;
-  s.idx = off; off += has_idx ? size_t(capacity) * 4 : 0;
+  s.keys = off; off += size_t(capacity) * sizeof(typename Loader::StagedKey);  // capacities are multiples of 8
+  s.idx = off; off += Loader::kHasIdx ? size_t(capacity) * 4 : 0;
   s.hist = off; off += 2 * kBins * 4;  // this CTA's histogram + its merged slice
   s.sort_keys = off; off += kSortCap * 4;
   s.sort_idx = off; off += kSortCap * 4;
@@ -108,6 +111,17 @@ __host__ __device__ inline SelectSmem select_smem(int capacity, bool has_idx, si
   s.extra = off; off += extra_bytes;
   s.total = off;
   return s;
+}
+
+// Keys in shared memory: 32-bit order keys, or the upper halves of those of 16-bit inputs (their
+// lower halves are zero), so that a CTA holds twice as many.
+template <class Staged>
+__host__ __device__ __forceinline__ Staged staged_key(uint32_t key) {
+  return Staged(key >> (32 - 8 * sizeof(Staged)));
+}
+template <class Staged>
+__host__ __device__ __forceinline__ uint32_t order_key(Staged s) {
+  return uint32_t(s) << (32 - 8 * sizeof(Staged));
 }
 
 using SortBlock = cub::BlockRadixSort<uint32_t, kSelectThreads, kSortCap / kSelectThreads, int32_t, 4>;
@@ -234,8 +248,9 @@ select_kernel(const Loader loader, const SelectParams p) {
   __shared__ uint32_t s_cta_gt, s_cta_eq, s_gt_before, s_eq_before;
   __shared__ uint32_t s_list_count[kSelectWarps];
 
-  const SelectSmem lay = select_smem(p.capacity, Loader::kHasIdx, loader.extra_bytes());
-  uint32_t* keys = reinterpret_cast<uint32_t*>(smem + lay.keys);
+  const SelectSmem lay = select_smem<Loader>(p.capacity, loader.extra_bytes());
+  using Staged = typename Loader::StagedKey;
+  Staged* keys = reinterpret_cast<Staged*>(smem + lay.keys);
   int32_t* idx = reinterpret_cast<int32_t*>(smem + lay.idx);
   uint32_t* hist = reinterpret_cast<uint32_t*>(smem + lay.hist);
   uint32_t* sort_keys = reinterpret_cast<uint32_t*>(smem + lay.sort_keys);
@@ -302,7 +317,7 @@ select_kernel(const Loader loader, const SelectParams p) {
         for (int base = w_begin; base < w_end; base += 32) {
           const int i = base + lane;
           const bool in = i < w_end;
-          const uint32_t key = in ? keys[i] : 0u;
+          const uint32_t key = in ? order_key(keys[i]) : 0u;
           if (in && (key & prefix_mask) == prefix) atomicAdd(&local_hist[(key >> lo) & digit_mask], 1u);
           const bool keep = in && key >= prefix;
           const unsigned keep_mask = __ballot_sync(~0u, keep);
@@ -313,12 +328,12 @@ select_kernel(const Loader loader, const SelectParams p) {
         if (lane == 0) s_list_count[warp] = kept;  // read after the cluster.sync below
       } else if (use_list) {
         for (int j = lane; j < w_count; j += 32) {
-          const uint32_t key = keys[my_list[j]];
+          const uint32_t key = order_key(keys[my_list[j]]);
           if ((key & prefix_mask) == prefix) atomicAdd(&local_hist[(key >> lo) & digit_mask], 1u);
         }
       } else {
         for (int i = tid; i < len; i += kSelectThreads) {
-          const uint32_t key = keys[i];
+          const uint32_t key = order_key(keys[i]);
           if ((key & prefix_mask) == prefix) atomicAdd(&local_hist[(key >> lo) & digit_mask], 1u);
         }
       }
@@ -392,7 +407,7 @@ select_kernel(const Loader loader, const SelectParams p) {
   for (int base = 0; base < w_count; base += 32) {
     const int j = base + lane;
     const bool in = j < w_count;
-    const uint32_t key = in ? keys[entry(j)] : 0u;
+    const uint32_t key = in ? order_key(keys[entry(j)]) : 0u;
     gt += __popc(__ballot_sync(~0u, in && key > threshold));
     eq += __popc(__ballot_sync(~0u, in && key == threshold));
   }
@@ -435,7 +450,7 @@ select_kernel(const Loader loader, const SelectParams p) {
     const int j = base + lane;
     const bool in = j < w_count;
     const int i = in ? entry(j) : 0;
-    const uint32_t key = in ? keys[i] : 0u;
+    const uint32_t key = in ? order_key(keys[i]) : 0u;
     const bool is_eq = in && key == threshold;
     const unsigned eq_mask = __ballot_sync(~0u, is_eq);
     const bool win = in && (key > threshold || (is_eq && eq_rank + __popc(eq_mask & lanes_below) < remaining));
@@ -498,6 +513,7 @@ __device__ inline uint32_t tile_floor(const uint32_t* hist, int64_t k) {
 // surviving() entries of each row valid.
 struct PairLoader {
   static constexpr bool kHasIdx = true;
+  using StagedKey = uint32_t;
   __host__ __device__ size_t extra_bytes() const { return 0; }
   const uint32_t* keys;
   const int32_t* idx;
@@ -539,9 +555,11 @@ struct LevelPlan {
 
 // Plans one level over rows x entries with `capacity` keys per CTA and clusters of at most
 // max_cluster CTAs: few rows get big clusters so one row still spreads over many SMs, as long as
-// every CTA keeps at least min_per_cta entries (a split that leaves less costs more in cluster
-// barriers than it saves in work).
-inline LevelPlan plan_level(int64_t rows, int64_t entries, int capacity, int max_cluster, int sms, int min_per_cta) {
+// all CTAs stay resident at once (`resident` of them fit on the device) and every CTA keeps at
+// least min_per_cta entries (a split that leaves less costs more in cluster barriers than it
+// saves in work).
+inline LevelPlan plan_level(int64_t rows, int64_t entries, int capacity, int max_cluster, int64_t resident,
+                            int min_per_cta) {
   LevelPlan plan;
   if (entries > int64_t(max_cluster) * capacity) {
     plan.cluster = max_cluster;
@@ -552,7 +570,7 @@ inline LevelPlan plan_level(int64_t rows, int64_t entries, int capacity, int max
   }
   int cs = 1;
   while (int64_t(cs) * capacity < entries) cs *= 2;
-  while (cs < max_cluster && rows * cs < 2 * sms && entries / (2 * cs) >= min_per_cta) cs *= 2;
+  while (cs < max_cluster && 2 * rows * cs <= resident && entries / (2 * cs) >= min_per_cta) cs *= 2;
   plan.cluster = cs;
   plan.per_cta = int((entries + cs - 1) / cs);
   plan.segment_len = int64_t(cs) * plan.per_cta;
@@ -564,7 +582,7 @@ template <class Loader>
 ffi::Error launch_select(const char* op, cudaStream_t stream, const Loader& loader, SelectParams p,
                          int64_t rows, const LevelPlan& plan) {
   auto kernel = select_kernel<Loader>;
-  const SelectSmem lay = select_smem(p.capacity, Loader::kHasIdx, loader.extra_bytes());
+  const SelectSmem lay = select_smem<Loader>(p.capacity, loader.extra_bytes());
   JH_CUDA_CHECK(op, cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(lay.total)));
   JH_CUDA_CHECK(op, cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1));
   p.num_segments = plan.num_segments;
@@ -591,7 +609,7 @@ ffi::Error launch_select(const char* op, cudaStream_t stream, const Loader& load
 template <class Loader>
 int active_clusters(int capacity, size_t extra_bytes, int cluster) {
   auto kernel = select_kernel<Loader>;
-  const SelectSmem lay = select_smem(capacity, Loader::kHasIdx, extra_bytes);
+  const SelectSmem lay = select_smem<Loader>(capacity, extra_bytes);
   if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(lay.total)) != cudaSuccess ||
       cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1) != cudaSuccess) {
     cudaGetLastError();
@@ -631,7 +649,7 @@ int max_cluster_size(int capacity, size_t extra_bytes) {
 template <class Loader>
 LevelPlan one_wave_plan(const DeviceInfo& dev, int64_t rows, int64_t entries, int64_t k, int base_capacity,
                         int capacity, size_t extra_bytes, int max_cluster) {
-  const size_t smem = select_smem(capacity, Loader::kHasIdx, extra_bytes).total;
+  const size_t smem = select_smem<Loader>(capacity, extra_bytes).total;
   for (int cs = max_cluster; cs >= 2; cs /= 2) {
     const int resident = remembered(dev.device, int64_t(smem) * 64 + cs, [&] {
       return active_clusters<Loader>(capacity, extra_bytes, cs);
@@ -651,7 +669,8 @@ LevelPlan one_wave_plan(const DeviceInfo& dev, int64_t rows, int64_t entries, in
     plan.num_segments = (entries + plan.segment_len - 1) / plan.segment_len;
     return plan;
   }
-  return plan_level(rows, entries, base_capacity, std::min(max_cluster, 8), dev.sms, kMinSplitEntries);
+  return plan_level(rows, entries, base_capacity, std::min(max_cluster, 8), kSelectCtasPerSm * dev.sms,
+                    kMinSplitEntries);
 }
 
 constexpr int kPairCapacity = 8192;  // keys + indices per CTA for candidates (64 KiB)
@@ -672,8 +691,8 @@ ffi::Error run_levels(const char* op, cudaStream_t stream, ffi::ScratchAllocator
   int levels = 1;
   while (plans[levels - 1].num_segments > 1) {
     if (levels == kMaxLevels) return op_error(op, "rows of ", n, " entries need too many selection levels");
-    plans[levels] = plan_level(rows, plans[levels - 1].num_segments * k, kPairCapacity, pair_cluster, dev.sms,
-                                kMinSplitEntries);
+    plans[levels] = plan_level(rows, plans[levels - 1].num_segments * k, kPairCapacity, pair_cluster,
+                               kSelectCtasPerSm * dev.sms, kMinSplitEntries);
     ++levels;
   }
   ScratchArena arena;

@@ -13,7 +13,10 @@
 namespace jax_hetero {
 namespace {
 
-constexpr int kRawCapacity = 16384;   // keys per CTA for raw scores (64 KiB)
+// Keys per CTA for raw scores: 64 KiB of 32-bit keys, 128 KiB of 16-bit ones (which lets
+// 64 x 131072 run in one wave of 128 CTAs instead of two of 264).
+template <class T>
+constexpr int kRawCapacity = sizeof(T) == 2 ? 65536 : 16384;
 // Raw rows are split over a cluster only while every CTA keeps 8192 keys: one CTA per row of
 // 64 x 8192 k=256 took 16.5 us against 24.2 us for clusters of 4 (H200, 2026-11-28).
 constexpr int kRawMinPerCta = 8192;
@@ -21,6 +24,7 @@ constexpr int kRawMinPerCta = 8192;
 template <class T>
 struct RawLoader {
   static constexpr bool kHasIdx = false;
+  using StagedKey = std::conditional_t<sizeof(T) == 2, uint16_t, uint32_t>;
   __host__ __device__ size_t extra_bytes() const { return 0; }
   const T* x;
   const int32_t* lengths;
@@ -28,7 +32,7 @@ struct RawLoader {
   int64_t k;
 
   __device__ int64_t valid(int64_t row) const { return min64(max64(lengths[row], 0), n); }
-  __device__ void load(int64_t row, int64_t begin, int len, uint32_t* keys, int32_t*, uint32_t* hist,
+  __device__ void load(int64_t row, int64_t begin, int len, StagedKey* keys, int32_t*, uint32_t* hist,
                        unsigned char*) const {
     const T* src = x + row * n + begin;
     constexpr int kVec = 16 / sizeof(T);
@@ -62,12 +66,15 @@ struct RawLoader {
           uint32_t key[kVec];
 #pragma unroll
           for (int q = 0; q < kVec; ++q) key[q] = key_of(e[q]);
-          // 16-byte stores: 4-byte stores 16 bytes apart met 4-way bank conflicts.
+          // One 16-byte store of the vector's staged keys (4-byte stores 16 bytes apart met 4-way
+          // bank conflicts).  16-bit keys: the even one in the low half.
+          uint32_t word[4];
 #pragma unroll
-          for (int w = 0; w < kVec / 4; ++w)
-            if (ok)
-              reinterpret_cast<uint4*>(keys)[i * (kVec / 4) + w] =
-                  make_uint4(key[4 * w], key[4 * w + 1], key[4 * w + 2], key[4 * w + 3]);
+          for (int c = 0; c < 4; ++c) {
+            if constexpr (sizeof(T) == 4) word[c] = key[c];
+            else word[c] = (key[2 * c] >> 16) | (key[2 * c + 1] & 0xffff0000u);
+          }
+          if (ok) reinterpret_cast<uint4*>(keys)[i] = make_uint4(word[0], word[1], word[2], word[3]);
 #pragma unroll
           for (int q = 0; q < kVec; ++q) count_first_digit(hist, key[q], ok && key[q] >= floor);
           if (base == 0 && floor == 0 && (j == 0 || j == 3)) {  // vectors [0, (j + 1) * 512) are counted
@@ -82,7 +89,7 @@ struct RawLoader {
       const int i = i0 + int(threadIdx.x);
       const bool ok = i < len;
       const uint32_t key = ok ? key_of(src[i]) : 0u;
-      if (ok) keys[i] = key;
+      if (ok) keys[i] = staged_key<StagedKey>(key);
       count_first_digit(hist, key, ok && key >= floor);
     }
   }
@@ -185,10 +192,12 @@ ffi::Error topk_select(cudaStream_t stream, ffi::ScratchAllocator& scratch, cons
     };
     return run_levels("topk", stream, scratch, filter_plan, launch_first, lengths, rows, n, p, dev);
   }
-  const int cluster = remembered(dev.device, 0, [] { return max_cluster_size<RawLoader<T>>(kRawCapacity, 0); });
-  const LevelPlan plan = plan_level(rows, n, kRawCapacity, cluster, dev.sms, kRawMinPerCta);
-  return run_select_levels("topk", stream, scratch, RawLoader<T>{x, lengths, n, k}, plan, kRawCapacity, lengths,
-                           rows, n, p, dev);
+  constexpr int capacity = kRawCapacity<T>;
+  const int cluster = remembered(dev.device, 0, [] { return max_cluster_size<RawLoader<T>>(capacity, 0); });
+  const int resident = remembered(dev.device, 1, [] { return active_clusters<RawLoader<T>>(capacity, 0, 1); });
+  const LevelPlan plan = plan_level(rows, n, capacity, cluster, resident, kRawMinPerCta);
+  return run_select_levels("topk", stream, scratch, RawLoader<T>{x, lengths, n, k}, plan, capacity, lengths, rows,
+                           n, p, dev);
 }
 
 ffi::Error topk_cuda(cudaStream_t stream, ffi::ScratchAllocator scratch, ffi::AnyBuffer scores,
