@@ -532,15 +532,29 @@ struct PairLoader {
                        uint32_t* hist, unsigned char*) const {
     const uint32_t* sk = keys + row * m + begin;
     const int32_t* si = idx + row * m + begin;
-    for (int i0 = 0; i0 < len; i0 += kSelectThreads) {  // uniform trip count: warps stay converged
-      const int i = i0 + int(threadIdx.x);
-      const bool ok = i < len;
-      const uint32_t key = ok ? sk[i] : 0u;
-      if (ok) {
-        out_keys[i] = key;
-        out_idx[i] = si[i];
+    // Four keys and indices in flight per thread: one at a time, each round trip to L2 was
+    // ~1.1k cycles (the load of 3584 candidates took 8.2k cycles, H200 trace).  Uniform trip
+    // count: warps stay converged.
+    constexpr int kInFlight = 4;
+    for (int i0 = 0; i0 < len; i0 += kInFlight * kSelectThreads) {
+      uint32_t key[kInFlight];
+      int32_t index[kInFlight];
+#pragma unroll
+      for (int j = 0; j < kInFlight; ++j) {
+        const int i = i0 + j * kSelectThreads + int(threadIdx.x);
+        key[j] = i < len ? __ldg(sk + i) : 0u;
+        index[j] = i < len ? __ldg(si + i) : 0;
       }
-      count_first_digit(hist, key, ok);
+#pragma unroll
+      for (int j = 0; j < kInFlight; ++j) {
+        const int i = i0 + j * kSelectThreads + int(threadIdx.x);
+        const bool ok = i < len;
+        if (ok) {
+          out_keys[i] = key[j];
+          out_idx[i] = index[j];
+        }
+        count_first_digit(hist, key[j], ok);
+      }
     }
   }
 };
