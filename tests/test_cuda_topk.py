@@ -98,6 +98,20 @@ def test_topk_patterns_candidate_levels(pattern, dtype):
     check(scores, 300, np.array([600_000, 262_145], np.int32))
 
 
+@pytest.mark.parametrize("pattern", PATTERNS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: jnp.dtype(d).name)
+def test_topk_patterns_many_long_rows(pattern, dtype):
+    # Enough rows of 131,072 that each gets a cluster of two CTAs, so 16-bit inputs stage
+    # 65,536 keys per CTA (survivor positions up to 65,535); the odd length puts every row but
+    # the first off a 16-byte boundary.  k >= 1024 keeps these rows off the streaming level.
+    rng = np.random.default_rng(29)
+    for rows, n in ((64, 131_072), (40, 131_071)):
+        scores = jnp.asarray(pattern_rows(pattern, rows, n, rng)).astype(dtype)
+        lengths = np.full(rows, n, np.int32)
+        lengths[:4] = [0, 65_536, 65_537, n - 1]
+        check_many(scores, (1024, 2048), lengths)
+
+
 # The streaming level (csrc/cuda/filter_select.cuh) takes rows with at least max(64 k, 8192)
 # entries per chunk when the chunks fill at least half the GPU's CTA slots (264 on an H100 or
 # H200); the shapes below are chosen to take it there.
