@@ -102,10 +102,12 @@ def test_topk_patterns_candidate_levels(pattern, dtype):
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: jnp.dtype(d).name)
 def test_topk_patterns_many_long_rows(pattern, dtype):
     # Enough rows of 131,072 that each gets a cluster of two CTAs, so 16-bit inputs stage
-    # 65,536 keys per CTA (survivor positions up to 65,535); the odd length puts every row but
-    # the first off a 16-byte boundary.  k >= 1024 keeps these rows off the streaming level.
+    # 65,536 keys per CTA (survivor positions up to 65,535), and float32 inputs their upper 16
+    # bits (64 x 131,072 in one wave); five rows of 1M take clusters of 16 of those.  The odd
+    # length puts every row but the first off a 16-byte boundary.  k >= 1024 keeps these rows
+    # off the streaming level.
     rng = np.random.default_rng(29)
-    for rows, n in ((64, 131_072), (40, 131_071)):
+    for rows, n in ((64, 131_072), (40, 131_071), (5, 1_000_000)):
         scores = jnp.asarray(pattern_rows(pattern, rows, n, rng)).astype(dtype)
         lengths = np.full(rows, n, np.int32)
         lengths[:4] = [0, 65_536, 65_537, n - 1]

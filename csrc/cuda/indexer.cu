@@ -147,6 +147,7 @@ bool use_tensor_cores(int h, int di) {
 template <class T>
 struct DsaLoader {
   static constexpr bool kHasIdx = false;
+  static constexpr bool kTruncated = false;
   using StagedKey = uint32_t;
   DsaScorer<T> scorer;
   const int32_t* valid_counts;

@@ -101,6 +101,7 @@ struct ScoreEmit {  // relevancy: the score goes to memory
 template <class T, bool kQuest>
 struct BlockLoader {
   static constexpr bool kHasIdx = false;
+  static constexpr bool kTruncated = false;
   using StagedKey = uint32_t;
   BlockScorer<T, kQuest> scorer;
 

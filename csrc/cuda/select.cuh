@@ -6,7 +6,10 @@
 //
 // A Loader fills a CTA's keys (and original indices when kHasIdx) for a range of a row,
 // counting each key's first radix digit (store_key).  Its StagedKey is the type of the keys in
-// shared memory: uint32_t, or uint16_t for 16-bit inputs (see staged_key):
+// shared memory: uint32_t, or uint16_t for 16-bit inputs (see staged_key).  A loader with
+// kTruncated stages only the upper 16 bits of 32-bit keys and gives full_key(row, column) on
+// demand: the passes over the upper bits run on shared memory, and an entry's full key is read
+// again only where its upper bits tie with the threshold's, and for the winners:
 // raw scores (topk), candidates of an earlier level, or scores computed on the fly (indexer).
 #pragma once
 #include <cooperative_groups.h>
@@ -269,6 +272,14 @@ select_kernel(const Loader loader, const SelectParams p) {
   const int64_t seg_end = min64(valid, seg_begin + p.segment_len);
   const int64_t begin = seg_begin + int64_t(rank) * p.per_cta;
   const int len = int(max64(0, min64(begin + p.per_cta, seg_end) - begin));
+  // Entry i's order key, complete wherever its upper 16 bits equal those of `with` (the only
+  // entries whose lower bits a comparison with `with` needs).
+  auto key_at = [&](int i, uint32_t with) {
+    uint32_t key = order_key(keys[i]);
+    if constexpr (Loader::kTruncated)
+      if ((key ^ with) < 0x10000u) key = loader.full_key(row, begin + i);
+    return key;
+  };
   // The loader also counts the first radix digit (bits 21..31) of every key it stores.
   // Rank r of the cluster owns bins [r * span, (r + 1) * span) of the merged histogram.
   // Clusters of 16 push every CTA's counts into the owners' slices with remote atomics (one
@@ -278,10 +289,10 @@ select_kernel(const Loader loader, const SelectParams p) {
   uint32_t* local_hist = hist;
   uint32_t* merged = hist + kBins;
   const int span = kBins / cs;
-  const bool push = cs >= 16;  // three slices of span bins fit in merged's kBins
+  const bool push = cs >= 16;  // a slice of span bins per pass (at most 4) fits in merged's kBins
   for (int b = tid; b < kBins; b += kSelectThreads) local_hist[b] = 0;
   if (push)
-    for (int b = tid; b < 3 * span; b += kSelectThreads) merged[b] = 0;
+    for (int b = tid; b < 4 * span; b += kSelectThreads) merged[b] = 0;
   __syncthreads();
   if (push) cluster.barrier_arrive();  // released: this CTA's slices are zero
   loader.load(row, begin, len, keys, idx, local_hist, smem + lay.extra);
@@ -303,7 +314,9 @@ select_kernel(const Loader loader, const SelectParams p) {
   uint32_t prefix = 0, prefix_mask = 0, remaining = 0, selected = 0;
   bool whole_bin = false;  // stopped early: the winners are exactly the keys >= prefix
   for (int pass = 0, hi = 32; hi > p.key_low_bit; ++pass) {
-    const int lo = max(hi - kDigitBits, p.key_low_bit);
+    // A truncated loader's passes stop at bit 16 once, so that passes 0 and 1 need only the
+    // staged bits (later passes sweep the survivor lists).
+    const int lo = max(hi - kDigitBits, Loader::kTruncated && hi > 16 ? 16 : p.key_low_bit);
     const uint32_t digit_mask = (1u << (hi - lo)) - 1u;
     if (pass > 0) {
       for (int b = tid; b < kBins; b += kSelectThreads) local_hist[b] = 0;
@@ -328,12 +341,12 @@ select_kernel(const Loader loader, const SelectParams p) {
         if (lane == 0) s_list_count[warp] = kept;  // read after the cluster.sync below
       } else if (use_list) {
         for (int j = lane; j < w_count; j += 32) {
-          const uint32_t key = order_key(keys[my_list[j]]);
+          const uint32_t key = key_at(my_list[j], prefix);
           if ((key & prefix_mask) == prefix) atomicAdd(&local_hist[(key >> lo) & digit_mask], 1u);
         }
       } else {
         for (int i = tid; i < len; i += kSelectThreads) {
-          const uint32_t key = order_key(keys[i]);
+          const uint32_t key = key_at(i, prefix);
           if ((key & prefix_mask) == prefix) atomicAdd(&local_hist[(key >> lo) & digit_mask], 1u);
         }
       }
@@ -407,7 +420,7 @@ select_kernel(const Loader loader, const SelectParams p) {
   for (int base = 0; base < w_count; base += 32) {
     const int j = base + lane;
     const bool in = j < w_count;
-    const uint32_t key = in ? order_key(keys[entry(j)]) : 0u;
+    const uint32_t key = in ? key_at(entry(j), threshold) : 0u;
     gt += __popc(__ballot_sync(~0u, in && key > threshold));
     eq += __popc(__ballot_sync(~0u, in && key == threshold));
   }
@@ -450,14 +463,15 @@ select_kernel(const Loader loader, const SelectParams p) {
     const int j = base + lane;
     const bool in = j < w_count;
     const int i = in ? entry(j) : 0;
-    const uint32_t key = in ? order_key(keys[i]) : 0u;
+    const uint32_t key = in ? key_at(i, threshold) : 0u;
     const bool is_eq = in && key == threshold;
     const unsigned eq_mask = __ballot_sync(~0u, is_eq);
     const bool win = in && (key > threshold || (is_eq && eq_rank + __popc(eq_mask & lanes_below) < remaining));
     const unsigned win_mask = __ballot_sync(~0u, win);
     if (win) {
       const uint32_t at = pos + __popc(win_mask & lanes_below);
-      out_keys[at] = key;
+      if constexpr (Loader::kTruncated) out_keys[at] = loader.full_key(row, begin + i);
+      else out_keys[at] = key;
       out_idx[at] = Loader::kHasIdx ? idx[i] : int32_t(begin + i);
     }
     eq_rank += __popc(eq_mask);
@@ -513,6 +527,7 @@ __device__ inline uint32_t tile_floor(const uint32_t* hist, int64_t k) {
 // surviving() entries of each row valid.
 struct PairLoader {
   static constexpr bool kHasIdx = true;
+  static constexpr bool kTruncated = false;
   using StagedKey = uint32_t;
   __host__ __device__ size_t extra_bytes() const { return 0; }
   const uint32_t* keys;

@@ -15,16 +15,19 @@ namespace {
 
 // Keys per CTA for raw scores: 64 KiB of 32-bit keys, 128 KiB of 16-bit ones (which lets
 // 64 x 131072 run in one wave of 128 CTAs instead of two of 264).
-template <class T>
-constexpr int kRawCapacity = sizeof(T) == 2 ? 65536 : 16384;
+template <class Staged>
+constexpr int kRawCapacity = sizeof(Staged) == 2 ? 65536 : 16384;
 // Raw rows are split over a cluster only while every CTA keeps 8192 keys: one CTA per row of
 // 64 x 8192 k=256 took 16.5 us against 24.2 us for clusters of 4 (H200, 2026-11-28).
 constexpr int kRawMinPerCta = 8192;
 
-template <class T>
+// Raw scores; keys staged in 16 bits for 16-bit inputs, and for float32 inputs truncated to their
+// upper 16 bits when Staged is uint16_t (see select_kernel).
+template <class T, class Staged = std::conditional_t<sizeof(T) == 2, uint16_t, uint32_t>>
 struct RawLoader {
   static constexpr bool kHasIdx = false;
-  using StagedKey = std::conditional_t<sizeof(T) == 2, uint16_t, uint32_t>;
+  static constexpr bool kTruncated = sizeof(T) > sizeof(Staged);
+  using StagedKey = Staged;
   __host__ __device__ size_t extra_bytes() const { return 0; }
   const T* x;
   const int32_t* lengths;
@@ -32,6 +35,7 @@ struct RawLoader {
   int64_t k;
 
   __device__ int64_t valid(int64_t row) const { return min64(max64(lengths[row], 0), n); }
+  __device__ uint32_t full_key(int64_t row, int64_t column) const { return key_of(__ldg(x + row * n + column)); }
   __device__ void load(int64_t row, int64_t begin, int len, StagedKey* keys, int32_t*, uint32_t* hist,
                        unsigned char*) const {
     const T* src = x + row * n + begin;
@@ -66,15 +70,20 @@ struct RawLoader {
           uint32_t key[kVec];
 #pragma unroll
           for (int q = 0; q < kVec; ++q) key[q] = key_of(e[q]);
-          // One 16-byte store of the vector's staged keys (4-byte stores 16 bytes apart met 4-way
-          // bank conflicts).  16-bit keys: the even one in the low half.
-          uint32_t word[4];
+          // One store of the vector's staged keys (4-byte stores 16 bytes apart met 4-way bank
+          // conflicts).  16-bit keys: the even one in the low half.
+          constexpr int kWords = kVec * sizeof(Staged) / 4;
+          uint32_t word[kWords];
 #pragma unroll
-          for (int c = 0; c < 4; ++c) {
-            if constexpr (sizeof(T) == 4) word[c] = key[c];
+          for (int c = 0; c < kWords; ++c) {
+            if constexpr (sizeof(Staged) == 4) word[c] = key[c];
             else word[c] = (key[2 * c] >> 16) | (key[2 * c + 1] & 0xffff0000u);
           }
-          if (ok) reinterpret_cast<uint4*>(keys)[i] = make_uint4(word[0], word[1], word[2], word[3]);
+          if constexpr (kWords == 4) {
+            if (ok) reinterpret_cast<uint4*>(keys)[i] = make_uint4(word[0], word[1], word[2], word[3]);
+          } else {
+            if (ok) reinterpret_cast<uint2*>(keys)[i] = make_uint2(word[0], word[1]);
+          }
 #pragma unroll
           for (int q = 0; q < kVec; ++q) count_first_digit(hist, key[q], ok && key[q] >= floor);
           if (base == 0 && floor == 0 && (j == 0 || j == 3)) {  // vectors [0, (j + 1) * 512) are counted
@@ -172,6 +181,32 @@ uint32_t neg_inf_bits() {
   else return 0xfc00u;
 }
 
+// The cluster select over raw rows with keys staged as Staged: its plan, and its launch.
+template <class T, class Staged>
+struct RawSelect {
+  static constexpr int kCapacity = kRawCapacity<Staged>;
+  DeviceInfo dev;
+  int cluster, resident;
+
+  explicit RawSelect(const DeviceInfo& device)
+      : dev(device),
+        cluster(remembered(dev.device, 0, [] { return max_cluster_size<RawLoader<T, Staged>>(kCapacity, 0); })),
+        resident(remembered(dev.device, 1, [] { return active_clusters<RawLoader<T, Staged>>(kCapacity, 0, 1); })) {}
+
+  LevelPlan plan(int64_t rows, int64_t n) const {
+    return plan_level(rows, n, kCapacity, cluster, resident, kRawMinPerCta);
+  }
+  int64_t waves(int64_t rows, const LevelPlan& plan) const {
+    const int64_t ctas = rows * plan.num_segments * plan.cluster;
+    return resident > 0 ? (ctas + resident - 1) / resident : 2;
+  }
+  ffi::Error run(cudaStream_t stream, ffi::ScratchAllocator& scratch, const T* x, const int32_t* lengths, int64_t rows,
+                 int64_t n, const SelectParams& p, const LevelPlan& plan) const {
+    return run_select_levels("topk", stream, scratch, RawLoader<T, Staged>{x, lengths, n, p.k}, plan, kCapacity,
+                             lengths, rows, n, p, dev);
+  }
+};
+
 template <class T>
 ffi::Error topk_select(cudaStream_t stream, ffi::ScratchAllocator& scratch, const T* x,
                        const int32_t* lengths, int64_t rows, int64_t n, int64_t k, T* values,
@@ -192,12 +227,21 @@ ffi::Error topk_select(cudaStream_t stream, ffi::ScratchAllocator& scratch, cons
     };
     return run_levels("topk", stream, scratch, filter_plan, launch_first, lengths, rows, n, p, dev);
   }
-  constexpr int capacity = kRawCapacity<T>;
-  const int cluster = remembered(dev.device, 0, [] { return max_cluster_size<RawLoader<T>>(capacity, 0); });
-  const int resident = remembered(dev.device, 1, [] { return active_clusters<RawLoader<T>>(capacity, 0, 1); });
-  const LevelPlan plan = plan_level(rows, n, capacity, cluster, resident, kRawMinPerCta);
-  return run_select_levels("topk", stream, scratch, RawLoader<T>{x, lengths, n, k}, plan, capacity, lengths, rows,
-                           n, p, dev);
+  // float32 rows that need more CTAs than the device holds at once stage truncated keys when
+  // that fits them in one wave (64 x 131072: 128 CTAs of 65536 keys instead of 512 of 16384).
+  if constexpr (sizeof(T) == 4) {
+    const RawSelect<T, uint32_t> full{dev};
+    const RawSelect<T, uint16_t> truncated{dev};
+    const LevelPlan plan = full.plan(rows, n);
+    if (full.waves(rows, plan) > 1) {
+      const LevelPlan narrow = truncated.plan(rows, n);
+      if (truncated.waves(rows, narrow) == 1) return truncated.run(stream, scratch, x, lengths, rows, n, p, narrow);
+    }
+    return full.run(stream, scratch, x, lengths, rows, n, p, plan);
+  } else {
+    const RawSelect<T, uint16_t> staged{dev};
+    return staged.run(stream, scratch, x, lengths, rows, n, p, staged.plan(rows, n));
+  }
 }
 
 ffi::Error topk_cuda(cudaStream_t stream, ffi::ScratchAllocator scratch, ffi::AnyBuffer scores,
