@@ -197,8 +197,9 @@ struct RawSelect {
     return plan_level(rows, n, kCapacity, cluster, resident, kRawMinPerCta);
   }
   int64_t waves(int64_t rows, const LevelPlan& plan) const {
+    if (resident <= 0) return INT64_MAX;  // occupancy unknown (the query failed)
     const int64_t ctas = rows * plan.num_segments * plan.cluster;
-    return resident > 0 ? (ctas + resident - 1) / resident : 2;
+    return (ctas + resident - 1) / resident;
   }
   ffi::Error run(cudaStream_t stream, ffi::ScratchAllocator& scratch, const T* x, const int32_t* lengths, int64_t rows,
                  int64_t n, const SelectParams& p, const LevelPlan& plan) const {
