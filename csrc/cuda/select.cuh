@@ -1,6 +1,6 @@
 // Exact top-k selection by one thread-block cluster per (row, segment): every CTA of the
-// cluster holds its slice of the segment as 32-bit order keys in shared memory (read from
-// HBM once), the radix passes merge their histograms through distributed shared memory, and
+// cluster holds its slice of the segment as order keys in shared memory (read from HBM once;
+// 32 bits, or 16 for 16-bit inputs and for truncated float32 keys), the radix passes merge their histograms through distributed shared memory, and
 // the selected entries are compacted in index order.  A final level sorts the (at most
 // kSortCap) winners in rank 0; a non-final level writes them as candidates for the next one.
 //
