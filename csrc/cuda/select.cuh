@@ -313,9 +313,7 @@ select_kernel(const Loader loader, const SelectParams p) {
 
   // Warp w owns the contiguous entries [w_begin, w_end) of this CTA; its `sequence` is those
   // entries, or (once pass 1 has listed them, see below) only its survivors, in index order.
-  // (A multiple of 128, the entries a warp reads per step of the first sweep: those reads
-  // then stay below len rounded up to 128, inside the keys.)
-  const int warp_len = (((len + kSelectWarps - 1) / kSelectWarps) + 127) & ~127;
+  const int warp_len = (((len + kSelectWarps - 1) / kSelectWarps) + 31) & ~31;
   const int w_begin = min(len, warp * warp_len), w_end = min(len, w_begin + warp_len);
   const unsigned lanes_below = (1u << lane) - 1u;
   uint16_t* my_list = reinterpret_cast<uint16_t*>(smem + lay.list) + warp * list_cap;
@@ -343,7 +341,9 @@ select_kernel(const Loader loader, const SelectParams p) {
         // Each lane takes four consecutive entries per step (one 8- or 16-byte read), so the
         // warp's 128 entries are in index order lane by lane: an entry's slot is the survivors
         // of the lanes below (four ballots) plus its own earlier ones.  One entry per lane and
-        // step took ~200 cycles per 32 entries (27.5k for 4096, H200 trace of 64x131072).
+        // step took ~200 cycles per 32 entries (27.5k for 4096, H200 trace of 64x131072).  A
+        // warp's last step may read up to 96 entries past its range (masked): they lie in
+        // shared memory, as the keys are followed by the histograms.
         uint32_t kept = 0;
         for (int base = w_begin; base < w_end; base += 128) {
           const int first = base + 4 * lane;
