@@ -143,6 +143,11 @@ struct FourBins {
     Scan(storage).ExclusiveSum(b.cnt[0] + b.cnt[1] + b.cnt[2] + b.cnt[3], b.before, b.total);
     return b;
   }
+  // The same over a histogram in this CTA's shared memory.
+  template <class Scan>
+  static __device__ FourBins scan(const uint32_t* hist, typename Scan::TempStorage& storage) {
+    return scan<Scan>(reinterpret_cast<const uint4*>(hist)[(kBins - 4 - int(threadIdx.x) * 4) / 4], storage);
+  }
 
   // Calls found(bin, entries in the bins above it, its count) in the one thread whose bin holds
   // the rank-th entry from the top (none when rank is 0 or exceeds total).
@@ -511,7 +516,7 @@ __device__ inline uint32_t tile_floor(const uint32_t* hist, int64_t k) {
   __shared__ uint32_t s_floor;
   const int tid = threadIdx.x;
   __syncthreads();  // the tile's counts are complete (and an earlier call's s_floor is read)
-  const FourBins bins = FourBins::scan<Scan>(reinterpret_cast<const uint4*>(hist)[(kBins - 4 - tid * 4) / 4], scan);
+  const FourBins bins = FourBins::scan<Scan>(hist, scan);
   // Exactly one thread writes s_floor: thread 0 if the tile has fewer than k keys, else the
   // thread holding the bin where the count from the top reaches k.
   if (int64_t(bins.total) < k) {
