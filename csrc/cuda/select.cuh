@@ -1,7 +1,8 @@
 // Exact top-k selection by one thread-block cluster per (row, segment): every CTA of the
 // cluster holds its slice of the segment as order keys in shared memory (read from HBM once;
-// 32 bits, or 16 for 16-bit inputs and for truncated float32 keys), the radix passes merge their histograms through distributed shared memory, and
-// the selected entries are compacted in index order.  A final level sorts the (at most
+// 32 bits, or 16 for 16-bit inputs and for truncated float32 keys), the radix passes merge
+// their histograms through distributed shared memory, and the selected entries are compacted
+// in index order.  A final level sorts the (at most
 // kSortCap) winners in rank 0; a non-final level writes them as candidates for the next one.
 //
 // A Loader fills a CTA's keys (and original indices when kHasIdx) for a range of a row,
@@ -678,8 +679,8 @@ int max_cluster_size(int capacity, size_t extra_bytes) {
 // clusters, up to max_cluster, that cover every row in one wave (all clusters resident at
 // once) with at most `capacity` entries per CTA and more than k per cluster, so the level
 // drops entries; else plan_level's plan with base_capacity entries per CTA and clusters of at
-// most 8 (a size every cluster-capable GPU schedules).  A fixed
-// 1024 tokens per CTA needs 16 clusters of 8 for 131072 tokens where an H200 holds 15: two waves.
+// most 8 (a size every cluster-capable GPU schedules).  A fixed 1024 tokens per CTA needs 16
+// clusters of 8 for 131072 tokens where an H200 holds 15: two waves.
 template <class Loader>
 LevelPlan one_wave_plan(const DeviceInfo& dev, int64_t rows, int64_t entries, int64_t k, int base_capacity,
                         int capacity, size_t extra_bytes, int max_cluster) {
