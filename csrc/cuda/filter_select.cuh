@@ -89,7 +89,7 @@ __device__ uint32_t block_select(int count, uint32_t rank, int low_bit, uint32_t
       if ((v & prefix_mask) == prefix) atomicAdd(&hist[(v >> lo) & digit_mask], 1u);
     }
     __syncthreads();
-    const FourBins bins = FourBins::scan<Scan>(reinterpret_cast<const uint4*>(hist)[(kBins - 4 - tid * 4) / 4], scan);
+    const FourBins bins = FourBins::scan<Scan>(hist, scan);
     bins.find(remaining, [&](uint32_t bin, uint32_t above, uint32_t count) {
       s_digit = bin;
       s_remaining = remaining - above;

@@ -1,7 +1,8 @@
 // Exact top-k selection by one thread-block cluster per (row, segment): every CTA of the
 // cluster holds its slice of the segment as order keys in shared memory (read from HBM once;
-// 32 bits, or 16 for 16-bit inputs and for truncated float32 keys), the radix passes merge their histograms through distributed shared memory, and
-// the selected entries are compacted in index order.  A final level sorts the (at most
+// 32 bits, or 16 for 16-bit inputs and for truncated float32 keys), the radix passes merge
+// their histograms through distributed shared memory, and the selected entries are compacted
+// in index order.  A final level sorts the (at most
 // kSortCap) winners in rank 0; a non-final level writes them as candidates for the next one.
 //
 // A Loader fills a CTA's keys (and original indices when kHasIdx) for a range of a row,
@@ -154,6 +155,11 @@ struct FourBins {
     FourBins b{{four.w, four.z, four.y, four.x}, 0, 0};
     Scan(storage).ExclusiveSum(b.cnt[0] + b.cnt[1] + b.cnt[2] + b.cnt[3], b.before, b.total);
     return b;
+  }
+  // The same over a histogram in this CTA's shared memory.
+  template <class Scan>
+  static __device__ FourBins scan(const uint32_t* hist, typename Scan::TempStorage& storage) {
+    return scan<Scan>(reinterpret_cast<const uint4*>(hist)[(kBins - 4 - int(threadIdx.x) * 4) / 4], storage);
   }
 
   // Calls found(bin, entries in the bins above it, its count) in the one thread whose bin holds
@@ -539,7 +545,7 @@ __device__ inline uint32_t tile_floor(const uint32_t* hist, int64_t k) {
   __shared__ uint32_t s_floor;
   const int tid = threadIdx.x;
   __syncthreads();  // the tile's counts are complete (and an earlier call's s_floor is read)
-  const FourBins bins = FourBins::scan<Scan>(reinterpret_cast<const uint4*>(hist)[(kBins - 4 - tid * 4) / 4], scan);
+  const FourBins bins = FourBins::scan<Scan>(hist, scan);
   // Exactly one thread writes s_floor: thread 0 if the tile has fewer than k keys, else the
   // thread holding the bin where the count from the top reaches k.
   if (int64_t(bins.total) < k) {
@@ -701,8 +707,8 @@ int max_cluster_size(int capacity, size_t extra_bytes) {
 // clusters, up to max_cluster, that cover every row in one wave (all clusters resident at
 // once) with at most `capacity` entries per CTA and more than k per cluster, so the level
 // drops entries; else plan_level's plan with base_capacity entries per CTA and clusters of at
-// most 8 (a size every cluster-capable GPU schedules).  A fixed
-// 1024 tokens per CTA needs 16 clusters of 8 for 131072 tokens where an H200 holds 15: two waves.
+// most 8 (a size every cluster-capable GPU schedules).  A fixed 1024 tokens per CTA needs 16
+// clusters of 8 for 131072 tokens where an H200 holds 15: two waves.
 template <class Loader>
 LevelPlan one_wave_plan(const DeviceInfo& dev, int64_t rows, int64_t entries, int64_t k, int base_capacity,
                         int capacity, size_t extra_bytes, int max_cluster) {

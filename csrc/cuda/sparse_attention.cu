@@ -623,7 +623,10 @@ ffi::Error run_attention_mma(cudaStream_t stream, ffi::ScratchAllocator& scratch
   JH_CUDA_CHECK(op, cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
   const int occupancy = remembered(dev.device, int64_t(smem), [&] {  // 0: the query failed
     int blocks = 0;
-    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, kernel, kMmaThreads, smem) != cudaSuccess) return 0;
+    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, kernel, kMmaThreads, smem) != cudaSuccess) {
+      cudaGetLastError();  // so a later check does not report it again
+      return 0;
+    }
     return std::max(blocks, 1);
   });
   if (occupancy == 0) return op_error(op, "CUDA occupancy query for the attention kernel failed");

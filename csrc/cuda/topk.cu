@@ -232,9 +232,9 @@ ffi::Error topk_select(cudaStream_t stream, ffi::ScratchAllocator& scratch, cons
   // that fits them in one wave (64 x 131072: 128 CTAs of 65536 keys instead of 512 of 16384).
   if constexpr (sizeof(T) == 4) {
     const RawSelect<T, uint32_t> full{dev};
-    const RawSelect<T, uint16_t> truncated{dev};
     const LevelPlan plan = full.plan(rows, n);
     if (full.waves(rows, plan) > 1) {
+      const RawSelect<T, uint16_t> truncated{dev};
       const LevelPlan narrow = truncated.plan(rows, n);
       if (truncated.waves(rows, narrow) == 1) return truncated.run(stream, scratch, x, lengths, rows, n, p, narrow);
     }
