@@ -2,7 +2,8 @@
 # One device call: build and install with the CUDA backend, then the steps named in STEPS
 # (default: suite bench ncu placement profile) -- probe (FFI error paths of minimal handlers),
 # tests (tests/test_cuda*.py), suite (the whole test suite with JAX_PLATFORMS=cuda),
-# bench (bench/gpu_bench.py), ncu (Nsight Compute over bench/ncu_cases.py), profile
+# bench (bench/gpu_bench.py), ncu (Nsight Compute over bench/ncu_cases.py), sass (per-instruction
+# samples of select_kernel over the NCU_CASES of bench/ncu_cases.py, as CSV), profile
 # (decode-step profile) and placement (planner reproduction with measured GPU steps and NVML
 # power).  On a machine with two or more GPUs, tests/suite/profile run on GPU 0 while
 # probe/bench/ncu/placement run on GPU 1.  profile/placement need Flax: the device image has it; otherwise
@@ -76,6 +77,17 @@ lane1() {  # benchmark, ncu, placement (GPU 1 when there are two)
       --section SpeedOfLight --section MemoryWorkloadAnalysis --section WarpStateStats --section Occupancy \
       --section LaunchStats python3 "$repo/bench/ncu_cases.py" >"$logs/ncu.txt" 2>&1
     grep -E "^case:|^  void|Duration|Memory Throughput|DRAM Throughput|Compute \(SM\)|Registers Per|Achieved Occupancy|Grid Size" "$logs/ncu.txt" | head -120
+  fi
+  if want sass; then
+    step "select_kernel per-instruction samples (${NCU_CASES:-all cases})"
+    timeout ${NCU_TIMEOUT:-200} ncu --clock-control none -k regex:select_kernel --section SourceCounters \
+      --section WarpStateStats --import-source no -o "$logs/sass" python3 "$repo/bench/ncu_cases.py" \
+      >"$logs/sass_run.txt" 2>&1
+    tail -3 "$logs/sass_run.txt"
+    ncu -i "$logs/sass.ncu-rep" --page source --print-source sass --csv >"$logs/sass.csv" 2>&1
+    ncu -i "$logs/sass.ncu-rep" --page details >"$logs/sass_details.txt" 2>&1
+    rm -f "$logs/sass.ncu-rep"
+    wc -l "$logs/sass.csv"
   fi
   if want placement; then
     need_flax

@@ -5,8 +5,10 @@
 (bench/gpu_check.sh, step ncu, adds the sections it reads.)
 
 Compilation launches none of our kernels, so each case's kernels show up once in ncu's report,
-in the order printed here.
+in the order printed here.  NCU_CASES=a,b runs only the cases whose name contains a or b.
 """
+import os
+
 import jax
 import jax.numpy as jnp
 
@@ -34,7 +36,10 @@ def cases():
 
 
 if __name__ == "__main__":
+    wanted = [w for w in os.environ.get("NCU_CASES", "").split(",") if w]
     for name, op, args in cases():
+        if wanted and not any(w in name for w in wanted):
+            continue
         f = jax.jit(op).lower(*args).compile()
         jax.block_until_ready(args)
         print("case:", name, flush=True)
