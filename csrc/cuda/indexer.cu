@@ -76,14 +76,23 @@ struct DsaScorer {
     const uint4* qs = reinterpret_cast<const uint4*>(extra);
     const float* w = reinterpret_cast<const float*>(extra + size_t(h) * di * sizeof(T));
     const uint4* krow = reinterpret_cast<const uint4*>(keys + (row * n + begin) * di);
-    for (int t0 = warp * 16; t0 < len; t0 += kWarps * 16) {
+    // Rows r and r + 8 of the tile at t0 (zero past len).
+    auto load_tile = [&](int t0, uint4 (&lo)[J], uint4 (&hi)[J]) {
       const int r0 = t0 + g, r1 = t0 + g + 8;
-      uint4 lo[J], hi[J];
 #pragma unroll
       for (int j = 0; j < J; ++j) {
         lo[j] = r0 < len ? __ldg(krow + int64_t(r0) * kChunks + j * 4 + quad) : make_uint4(0, 0, 0, 0);
         hi[j] = r1 < len ? __ldg(krow + int64_t(r1) * kChunks + j * 4 + quad) : make_uint4(0, 0, 0, 0);
       }
+    };
+    // The next tile's keys load while this one's mma run: waiting for each tile's HBM reads
+    // was the scorer's largest stall (13 % of its samples, ncu source counters, H200).
+    uint4 lo[J], hi[J];
+    load_tile(warp * 16, lo, hi);
+    for (int t0 = warp * 16; t0 < len; t0 += kWarps * 16) {
+      const int r0 = t0 + g, r1 = t0 + g + 8;
+      uint4 next_lo[J], next_hi[J];
+      load_tile(t0 + kWarps * 16, next_lo, next_hi);
       float s0 = 0.f, s1 = 0.f;
       for (int nt = 0; nt < h / 8; ++nt) {
         const int head = nt * 8 + g;
@@ -108,6 +117,8 @@ struct DsaScorer {
         if (r0 < len) emit(r0, s0);
         if (r1 < len) emit(r1, s1);
       }
+#pragma unroll
+      for (int j = 0; j < J; ++j) lo[j] = next_lo[j], hi[j] = next_hi[j];
     }
   }
 

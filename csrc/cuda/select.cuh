@@ -342,8 +342,8 @@ select_kernel(const Loader loader, const SelectParams p) {
       if (pass == 1) {
         // Filter: after pass 0 every winner's first digit equals pass 0's digit, so an entry
         // whose key is below `prefix` (that digit, lower bits 0) cannot win.  Each warp lists
-        // the positions of the others (survivors), in order, while counting this pass; later
-        // sweeps read only the lists when every warp's survivors fit its list_cap slots.
+        // the positions of the others (survivors), in order, then counts this pass over them;
+        // later sweeps read only the lists when every warp's survivors fit its list_cap slots.
         // Each lane takes four consecutive entries per step (one 8- or 16-byte read), so the
         // warp's 128 entries are in index order lane by lane: an entry's slot is the survivors
         // of the lanes below (four ballots) plus its own earlier ones.  One entry per lane and
@@ -359,9 +359,7 @@ select_kernel(const Loader loader, const SelectParams p) {
           uint32_t at = kept;
 #pragma unroll
           for (int q = 0; q < 4; ++q) {
-            const bool in = first + q < w_end;
-            if (in && (key[q] & prefix_mask) == prefix) atomicAdd(&local_hist[(key[q] >> lo) & digit_mask], 1u);
-            keep[q] = in && key[q] >= prefix;
+            keep[q] = first + q < w_end && key[q] >= prefix;
             const unsigned keep_mask = __ballot_sync(~0u, keep[q]);
             at += __popc(keep_mask & lanes_below);
             kept += __popc(keep_mask);
@@ -371,6 +369,16 @@ select_kernel(const Loader loader, const SelectParams p) {
             if (keep[q] && at < uint32_t(list_cap)) my_list[at] = uint16_t(first + q);
             at += keep[q] ? 1u : 0u;
           }
+        }
+        // This pass's counts: every entry with pass 0's digit is a survivor, so the list holds
+        // them all unless it overflowed.  (Counting inside the loop above put a branch and a
+        // convergence barrier around each entry's atomic: ptxas does not predicate them.)
+        __syncwarp();  // the lanes' list entries are visible
+        const bool listed = kept <= uint32_t(list_cap);
+        for (int j = lane; j < (listed ? int(kept) : w_end - w_begin); j += 32) {
+          const int i = listed ? int(my_list[j]) : w_begin + j;
+          const uint32_t key = order_key(keys[i]);
+          if ((key & prefix_mask) == prefix) atomicAdd(&local_hist[(key >> lo) & digit_mask], 1u);
         }
         if (lane == 0) s_list_count[warp] = kept;  // read after the cluster.sync below
       } else if (use_list) {
