@@ -336,6 +336,10 @@ select_kernel(const Loader loader, const SelectParams p) {
     // staged bits (later passes sweep the survivor lists).
     const int lo = max(hi - kDigitBits, Loader::kTruncated && hi > 16 ? 16 : p.key_low_bit);
     const uint32_t digit_mask = (1u << (hi - lo)) - 1u;
+    // Counts a key that carries this pass's prefix in the bin of its digit.
+    auto count_digit = [&](uint32_t key) {
+      if ((key & prefix_mask) == prefix) atomicAdd(&local_hist[(key >> lo) & digit_mask], 1u);
+    };
     if (pass > 0) {
       for (int b = tid; b < kBins; b += kSelectThreads) local_hist[b] = 0;
       __syncthreads();
@@ -378,18 +382,18 @@ select_kernel(const Loader loader, const SelectParams p) {
         for (int j = lane; j < (listed ? int(kept) : w_end - w_begin); j += 32) {
           const int i = listed ? int(my_list[j]) : w_begin + j;
           const uint32_t key = order_key(keys[i]);
-          if ((key & prefix_mask) == prefix) atomicAdd(&local_hist[(key >> lo) & digit_mask], 1u);
+          count_digit(key);
         }
         if (lane == 0) s_list_count[warp] = kept;  // read after the cluster.sync below
       } else if (use_list) {
         for (int j = lane; j < w_count; j += 32) {
           const uint32_t key = key_at(my_list[j], prefix);
-          if ((key & prefix_mask) == prefix) atomicAdd(&local_hist[(key >> lo) & digit_mask], 1u);
+          count_digit(key);
         }
       } else {
         for (int i = tid; i < len; i += kSelectThreads) {
           const uint32_t key = key_at(i, prefix);
-          if ((key & prefix_mask) == prefix) atomicAdd(&local_hist[(key >> lo) & digit_mask], 1u);
+          count_digit(key);
         }
       }
     }
