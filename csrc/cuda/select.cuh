@@ -258,8 +258,14 @@ __device__ inline void write_final_order(const uint32_t* win_keys, const int32_t
   }
 }
 
+// CTAs of 16-bit staged keys hold an SM alone (up to 65,536 keys in 128 KiB), so they may take
+// every register (ptxas kept the truncated float32 kernel at 64 and spilled); 0 keeps ptxas's
+// default for the others.
 template <class Loader>
-__global__ void __launch_bounds__(kSelectThreads)
+constexpr int kSelectMinCtas = sizeof(typename Loader::StagedKey) == 2 ? 1 : 0;
+
+template <class Loader>
+__global__ void __launch_bounds__(kSelectThreads, kSelectMinCtas<Loader>)
 select_kernel(const Loader loader, const SelectParams p) {
   extern __shared__ __align__(16) unsigned char smem[];
   JH_TRACE_START;

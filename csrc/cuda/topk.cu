@@ -52,16 +52,25 @@ struct RawLoader {
     // `floor` are uniform over the CTA, so the warps count converged.
     uint32_t floor = 0;
     if (reinterpret_cast<uintptr_t>(src) % 16 == 0) {
-      // 16-byte loads, four in flight per thread.
+      // 16-byte loads, four per thread and round.  16-bit staged keys (one CTA per SM of
+      // 65,536 keys at most, so registers cost no occupancy there) load the next round while
+      // they convert and count this one.
+      constexpr bool kPipelined = sizeof(Staged) == 2;
       const uint4* v = reinterpret_cast<const uint4*>(src);
       const int nv = len / kVec;
-      for (int base = 0; base < nv; base += 4 * kSelectThreads) {
-        uint4 r[4];
+      auto fetch = [&](int base, uint4 (&r)[4]) {
 #pragma unroll
         for (int j = 0; j < 4; ++j) {
           const int i = base + j * kSelectThreads + threadIdx.x;
           r[j] = i < nv ? __ldg(v + i) : make_uint4(0, 0, 0, 0);
         }
+      };
+      uint4 r[4];
+      if constexpr (kPipelined) fetch(0, r);
+      for (int base = 0; base < nv; base += 4 * kSelectThreads) {
+        uint4 next[4];
+        if constexpr (kPipelined) fetch(base + 4 * kSelectThreads, next);
+        else fetch(base, r);
 #pragma unroll
         for (int j = 0; j < 4; ++j) {
           const int i = base + j * kSelectThreads + threadIdx.x;
@@ -91,6 +100,9 @@ struct RawLoader {
             if (nv > tile_vectors && k * 4 <= int64_t(tile_vectors) * kVec) floor = tile_floor(hist, k);
           }
         }
+        if constexpr (kPipelined)
+#pragma unroll
+          for (int j = 0; j < 4; ++j) r[j] = next[j];
       }
       done = nv * kVec;
     }
