@@ -76,7 +76,7 @@ struct DsaScorer {
     const uint4* qs = reinterpret_cast<const uint4*>(extra);
     const float* w = reinterpret_cast<const float*>(extra + size_t(h) * di * sizeof(T));
     const uint4* krow = reinterpret_cast<const uint4*>(keys + (row * n + begin) * di);
-    // Rows r and r + 8 of the tile at t0 (zero past len).
+    // This thread's chunks of rows t0 + g and t0 + g + 8 of the tile at t0 (zeros past len).
     auto load_tile = [&](int t0, uint4 (&lo)[J], uint4 (&hi)[J]) {
       const int r0 = t0 + g, r1 = t0 + g + 8;
 #pragma unroll
