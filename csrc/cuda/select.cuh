@@ -141,7 +141,8 @@ __device__ __forceinline__ void eight_keys(const uint16_t* keys, int first, uint
   for (int c = 0; c < 4; ++c) key[2 * c] = w[c] << 16, key[2 * c + 1] = w[c] & 0xffff0000u;  // even entry low
 }
 
-using SortBlock = cub::BlockRadixSort<uint32_t, kSelectThreads, kSortCap / kSelectThreads, int32_t, 4>;
+template <int kItems>  // kItems * kSelectThreads winners
+using SortWinners = cub::BlockRadixSort<uint32_t, kSelectThreads, kItems, int32_t, 4>;
 using ScanBlock = cub::BlockScan<uint32_t, kSelectThreads>;
 // This thread's four bins of a kBins histogram, highest first: bins kBins-1-4t ... kBins-4-4t
 // hold the counts cnt[0..3], `before` entries lie in the bins above them and `total` in all.
@@ -177,13 +178,17 @@ struct FourBins {
 };
 
 // The sort reuses the histograms and the (already loaded) sort buffer, which lie back to back.
-static_assert(sizeof(SortBlock::TempStorage) <= 2 * kBins * 4 + 2 * kSortCap * 4, "sort storage too large");
+static_assert(sizeof(SortWinners<4>::TempStorage) <= 2 * kBins * 4 + 2 * kSortCap * 4 &&
+                  sizeof(SortWinners<2>::TempStorage) <= 2 * kBins * 4 + 2 * kSortCap * 4 &&
+                  sizeof(SortWinners<1>::TempStorage) <= 2 * kBins * 4 + 2 * kSortCap * 4,
+              "sort storage too large");
 
 // Counting rank of `count` (<= kRankSortMax) entries: g threads share entry e = tid / g and count
 // the entries j with precedes(j, e).  Gives each entry's rank in one of its threads, and
 // rank -1 in every other thread.  Called by every thread.
 struct EntryRank {
   int entry, rank;
+  int group;  // g: lanes tid / g * g ... of a warp share the entry
 };
 template <class Precedes>
 __device__ inline EntryRank counting_rank(int count, const Precedes& precedes) {
@@ -194,7 +199,7 @@ __device__ inline EntryRank counting_rank(int count, const Precedes& precedes) {
   if (e < count)
     for (int j = sub; j < count; j += g) rank += precedes(j, e) ? 1u : 0u;
   for (int o = 1; o < g; o <<= 1) rank += __shfl_xor_sync(~0u, rank, o);  // g lanes of one warp
-  return {e, e < count && sub == 0 ? int(rank) : -1};
+  return {e, e < count && sub == 0 ? int(rank) : -1, g};
 }
 
 // Output slot o of a final level: the value (bit-exact from its order key) and the index.
@@ -204,38 +209,29 @@ __device__ __forceinline__ void store_result(const SelectParams& p, int64_t o, u
   p.indices[o] = index;
 }
 
-// Writes a final level's `sel` winners (shared memory, in index order) to row `row` of the
-// outputs, largest key first and ties in index order, and fills the slots past `sel` with -inf
-// and index -1.  sort_storage (at least sizeof(SortBlock::TempStorage) bytes of shared memory) may overlap
-// the winners: they are read before it is written.  Called by every thread.
-__device__ inline void write_final_order(const uint32_t* win_keys, const int32_t* win_idx, int sel, int64_t row,
-                                  const SelectParams& p, void* sort_storage) {
-  const int tid = threadIdx.x, lane = tid & 31;
-  for (int at = sel + tid; at < p.k; at += kSelectThreads) {  // slots without a valid entry
+// Fills output slots [sel, k) of row `row` with -inf and index -1, slot sel + first, then every
+// `stride`-th.
+__device__ inline void fill_empty_slots(const SelectParams& p, int64_t row, int sel, int first, int stride) {
+  for (int at = sel + first; at < p.k; at += stride) {
     const int64_t o = row * p.k + at;
     if (p.value_bytes == 4) static_cast<uint32_t*>(p.values)[o] = p.neg_inf_bits;
     else static_cast<uint16_t*>(p.values)[o] = uint16_t(p.neg_inf_bits);
     p.indices[o] = -1;
   }
+}
 
-  if (sel <= kRankSortMax) {
-    // Few winners: each one's output slot is the number of winners ranked above it (larger
-    // key, or equal key at a lower position, i.e. a lower index).
-    const EntryRank r = counting_rank(sel, [&](int j, int e) {
-      const uint32_t kj = win_keys[j], ke = win_keys[e];
-      return kj > ke || (kj == ke && j < e);
-    });
-    if (r.rank >= 0) store_result(p, row * p.k + r.rank, win_keys[r.entry], win_idx[r.entry]);
-    return;
-  }
-
-  // Sort the winners by key, descending; stable, so ties stay in index order.  Only the bits
-  // where the winners differ are sorted (all of them share the bits above).
+// Sorts `sel` (<= kItems * kSelectThreads) winners (shared memory, in index order) by key,
+// descending; stable, so ties stay in index order.  Only the bits where the winners differ are
+// sorted (all of them share the bits above).  Thread t gets sorted positions j * kSelectThreads
+// + t in sk[j], si[j]; padding (key 0, index -1) sorts after the winners.  sort_storage (at
+// least sizeof(TempStorage) bytes of shared memory) may overlap the winners: they are read
+// before it is written.  Called by every thread.
+template <int kItems>
+__device__ inline void sort_winners(const uint32_t* win_keys, const int32_t* win_idx, int sel, int key_low_bit,
+                                    void* sort_storage, uint32_t (&sk)[kItems], int32_t (&si)[kItems]) {
   __shared__ uint32_t s_diff;
+  const int tid = threadIdx.x;
   if (tid == 0) s_diff = 0;
-  constexpr int kItems = kSortCap / kSelectThreads;
-  uint32_t sk[kItems];
-  int32_t si[kItems];
   uint32_t diff = 0;
   const uint32_t first_key = win_keys[0];
 #pragma unroll
@@ -247,11 +243,34 @@ __device__ inline void write_final_order(const uint32_t* win_keys, const int32_t
   }
   diff = __reduce_or_sync(~0u, diff);
   __syncthreads();  // s_diff is cleared; the winners are read
-  if (lane == 0 && diff) atomicOr(&s_diff, diff);
+  if ((tid & 31) == 0 && diff) atomicOr(&s_diff, diff);
   __syncthreads();
-  const int end_bit = max(32 - __clz(s_diff), p.key_low_bit + 1);
-  auto& storage = *static_cast<typename SortBlock::TempStorage*>(sort_storage);
-  SortBlock(storage).SortDescendingBlockedToStriped(sk, si, p.key_low_bit, end_bit);
+  const int end_bit = max(32 - __clz(s_diff), key_low_bit + 1);
+  auto& storage = *static_cast<typename SortWinners<kItems>::TempStorage*>(sort_storage);
+  SortWinners<kItems>(storage).SortDescendingBlockedToStriped(sk, si, key_low_bit, end_bit);
+}
+
+// Writes a final level's `sel` winners (shared memory, in index order) to row `row` of the
+// outputs, largest key first and ties in index order, and fills the slots past `sel` with -inf
+// and index -1.  sort_storage as for sort_winners.  Called by every thread.
+__device__ inline void write_final_order(const uint32_t* win_keys, const int32_t* win_idx, int sel, int64_t row,
+                                  const SelectParams& p, void* sort_storage) {
+  const int tid = threadIdx.x;
+  fill_empty_slots(p, row, sel, tid, kSelectThreads);
+  if (sel <= kRankSortMax) {
+    // Few winners: each one's output slot is the number of winners ranked above it (larger
+    // key, or equal key at a lower position, i.e. a lower index).
+    const EntryRank r = counting_rank(sel, [&](int j, int e) {
+      const uint32_t kj = win_keys[j], ke = win_keys[e];
+      return kj > ke || (kj == ke && j < e);
+    });
+    if (r.rank >= 0) store_result(p, row * p.k + r.rank, win_keys[r.entry], win_idx[r.entry]);
+    return;
+  }
+  constexpr int kItems = kSortCap / kSelectThreads;
+  uint32_t sk[kItems];
+  int32_t si[kItems];
+  sort_winners<kItems>(win_keys, win_idx, sel, p.key_low_bit, sort_storage, sk, si);
 #pragma unroll
   for (int j = 0; j < kItems; ++j) {
     const int at = j * kSelectThreads + tid;
@@ -259,9 +278,94 @@ __device__ inline void write_final_order(const uint32_t* win_keys, const int32_t
   }
 }
 
-// CTAs of 16-bit staged keys hold an SM alone (up to 65,536 keys in 128 KiB), so they may take
-// every register (ptxas kept the truncated float32 kernel at 64 and spilled); 0 keeps ptxas's
-// default for the others.
+// A final level's order when a cluster of cs CTAs holds its `sel` winners in slices of
+// 1 << shift: slice r, the winners at positions [r << shift, (r + 1) << shift) of the index
+// order, lies in CTA r's win_keys / win_idx.  Each CTA sorts its slice (stable) and publishes
+// the sorted keys; a winner's output slot is its place in its slice plus the winners of the
+// other slices that precede it: those of lower slices with a key >= its key (equal keys there
+// have lower indices) and those of higher slices with a larger key, found by binary search in
+// a copy of every published slice.  This spreads over the cluster what rank 0 alone did in
+// write_final_order (15k cycles for 2048 float32 winners, H200).  `scratch`: 2 * kBins words
+// of this CTA's shared memory that no other CTA reads any more, also the sort storage.
+// Called by every thread of the cluster.
+__device__ inline void order_across_cluster(cg::cluster_group& cluster, int sel, int shift, const uint32_t* win_keys,
+                                            const int32_t* win_idx, uint32_t* scratch, int64_t row,
+                                            const SelectParams& p) {
+  const int tid = threadIdx.x, lane = tid & 31;
+  const int cs = int(cluster.num_blocks()), rank = int(cluster.block_rank());
+  const int slice = 1 << shift;
+  auto slice_len = [&](int s) { return min(max(sel - (s << shift), 0), slice); };
+  const int my_len = slice_len(rank);
+  uint32_t* published = scratch;  // this slice's keys in sorted order
+  uint32_t* all = scratch + kBins;  // every slice's published keys, back to back
+  fill_empty_slots(p, row, sel, rank * kSelectThreads + tid, cs * kSelectThreads);
+
+  // This thread's winners: key, index and place in the slice (-1: none); `group` lanes share
+  // each one and split the other slices between them.
+  constexpr int kMaxItems = kSortCap / 2 / kSelectThreads;  // slices hold at most 1024 (cs >= 2)
+  uint32_t key[kMaxItems] = {};
+  int32_t index[kMaxItems] = {};
+  int place[kMaxItems];
+  int group = 1;
+  for (int m = 0; m < kMaxItems; ++m) place[m] = -1;
+  auto sorted_slice = [&](auto items) {
+    constexpr int kItems = decltype(items)::value;
+    uint32_t sk[kItems];
+    int32_t si[kItems];
+    sort_winners<kItems>(win_keys, win_idx, my_len, p.key_low_bit, scratch, sk, si);
+    __syncthreads();  // the sort storage is read
+#pragma unroll
+    for (int j = 0; j < kItems; ++j) {
+      const int at = j * kSelectThreads + tid;
+      key[j] = sk[j], index[j] = si[j], place[j] = at < my_len ? at : -1;
+      if (at < my_len) published[at] = sk[j];
+    }
+  };
+  if (slice <= kRankSortMax) {
+    const EntryRank r = counting_rank(my_len, [&](int j, int e) {
+      const uint32_t kj = win_keys[j], ke = win_keys[e];
+      return kj > ke || (kj == ke && j < e);
+    });
+    group = r.group;
+    place[0] = __shfl_sync(~0u, r.rank, lane & ~(group - 1));  // every lane of the group
+    if (place[0] >= 0) key[0] = win_keys[r.entry], index[0] = win_idx[r.entry];
+    if (r.rank >= 0) published[r.rank] = key[0];
+  } else if (slice <= kSelectThreads) {
+    sorted_slice(std::integral_constant<int, 1>());
+  } else {
+    sorted_slice(std::integral_constant<int, 2>());
+  }
+  cluster.sync();  // every slice is published
+  for (int at = 4 * tid; at < sel; at += 4 * kSelectThreads)  // slices are multiples of 4 long
+    *reinterpret_cast<uint4*>(all + at) =
+        *reinterpret_cast<const uint4*>(cluster.map_shared_rank(published, at >> shift) + (at & (slice - 1)));
+  cluster.barrier_arrive();  // this CTA reads no other's shared memory after this
+  __syncthreads();
+
+  const int sub = lane & (group - 1);
+#pragma unroll
+  for (int m = 0; m < kMaxItems; ++m) {
+    uint32_t before = 0;
+    if (place[m] >= 0)
+      for (int s = sub; s < cs; s += group) {
+        if (s == rank) continue;
+        const uint32_t* other = all + (s << shift);
+        const int len = slice_len(s);
+        const bool lower = s < rank;
+        int count = 0;  // leading entries of `other` (descending) that precede the winner
+        for (int step = slice; step > 0; step >>= 1) {
+          if (count + step > len) continue;
+          const uint32_t v = other[count + step - 1];
+          if (v > key[m] || (lower && v == key[m])) count += step;
+        }
+        before += uint32_t(count);
+      }
+    for (int o = 1; o < group; o <<= 1) before += __shfl_xor_sync(~0u, before, o);
+    if (place[m] >= 0 && sub == 0) store_result(p, row * p.k + place[m] + before, key[m], index[m]);
+  }
+  cluster.barrier_wait();  // no CTA leaves while another may read its published slice
+}
+
 template <class Loader>
 constexpr int kSelectMinCtas = sizeof(typename Loader::StagedKey) == 2 ? 1 : 0;
 
@@ -530,17 +634,12 @@ select_kernel(const Loader loader, const SelectParams p) {
   uint32_t gt_before = s_gt_before, eq_before = s_eq_before;
   for (int w = 0; w < warp; ++w) gt_before += s_warp_gt[w], eq_before += s_warp_eq[w];
 
-  // Write the winners in index order: position = winners before it.
-  uint32_t* out_keys;
-  int32_t* out_idx;
-  if (p.final_level) {
-    out_keys = cluster.map_shared_rank(sort_keys, 0);
-    out_idx = cluster.map_shared_rank(sort_idx, 0);
-  } else {
-    const int64_t slot = (row * p.num_segments + seg) * p.k;
-    out_keys = p.cand_keys + slot;
-    out_idx = p.cand_idx + slot;
-  }
+  // Write the winners in index order: position = winners before it.  A final level's go to
+  // rank 0, or, when there are many and several CTAs, in slices of 1 << shift to every CTA
+  // (see order_across_cluster).
+  const bool spread = p.final_level && cs > 1 && selected > uint32_t(kRankSortMax);
+  const int shift = spread ? 32 - __clz(int(selected) - 1) - (31 - __clz(cs)) : 31;
+  const int64_t slot = (row * p.num_segments + seg) * p.k;
   uint32_t eq_rank = eq_before, pos = gt_before + min(eq_before, remaining);
   for (int base = 0; base < w_count; base += 32) {
     const int j = base + lane;
@@ -553,22 +652,33 @@ select_kernel(const Loader loader, const SelectParams p) {
     const unsigned win_mask = __ballot_sync(~0u, win);
     if (win) {
       const uint32_t at = pos + __popc(win_mask & lanes_below);
-      if constexpr (Loader::kTruncated) out_keys[at] = loader.full_key(row, begin + i);
-      else out_keys[at] = key;
-      out_idx[at] = Loader::kHasIdx ? idx[i] : int32_t(begin + i);
+      uint32_t* out_key;
+      int32_t* out_idx;
+      if (p.final_level) {
+        const uint32_t to = at >> shift, in = at & ((1u << shift) - 1u);
+        out_key = cluster.map_shared_rank(sort_keys + in, to);
+        out_idx = cluster.map_shared_rank(sort_idx + in, to);
+      } else {
+        out_key = p.cand_keys + slot + at;
+        out_idx = p.cand_idx + slot + at;
+      }
+      if constexpr (Loader::kTruncated) *out_key = loader.full_key(row, begin + i);
+      else *out_key = key;
+      *out_idx = Loader::kHasIdx ? idx[i] : int32_t(begin + i);
     }
     eq_rank += __popc(eq_mask);
     pos += __popc(win_mask);
   }
   cluster.sync();  // winners are in place; no CTA touches another's memory after this
   JH_TRACE("written");
-  if (!p.final_level || rank != 0) {
-    JH_TRACE_END;
-    return;
-  }
   // The sort storage may overlap the histograms and sort buffers, which lie back to back.
-  write_final_order(sort_keys, sort_idx, int(selected), row, p, hist);
-  JH_TRACE("ordered");
+  if (spread) {
+    order_across_cluster(cluster, int(selected), shift, sort_keys, sort_idx, hist, row, p);
+    JH_TRACE("ordered");
+  } else if (p.final_level && rank == 0) {
+    write_final_order(sort_keys, sort_idx, int(selected), row, p, hist);
+    JH_TRACE("ordered");
+  }
   JH_TRACE_END;
 }
 
