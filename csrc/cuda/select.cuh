@@ -28,9 +28,9 @@ namespace cg = cooperative_groups;
 // Development timing (build with CUDAFLAGS=-DJH_SELECT_TRACE): thread 0 of block 0 notes the
 // SM clock at each phase boundary and prints the cycles of every phase when it leaves.
 #ifdef JH_SELECT_TRACE
-#define JH_TRACE_START long long jh_t[20]; const char* jh_name[20]; int jh_n = 0; const long long jh_t0 = clock64()
+#define JH_TRACE_START long long jh_t[24]; const char* jh_name[24]; int jh_n = 0; const long long jh_t0 = clock64()
 #define JH_TRACE(name) \
-  if (blockIdx.x == 0 && threadIdx.x == 0 && jh_n < 20) jh_t[jh_n] = clock64(), jh_name[jh_n++] = (name)
+  if (blockIdx.x == 0 && threadIdx.x == 0 && jh_n < 24) jh_t[jh_n] = clock64(), jh_name[jh_n++] = (name)
 #define JH_TRACE_END                                                                    \
   if (blockIdx.x == 0 && threadIdx.x == 0) {                                            \
     printf("select trace: grid %d, cluster %d, %d entries in block 0\n", gridDim.x, cs, len); \
@@ -288,9 +288,10 @@ __device__ inline void write_final_order(const uint32_t* win_keys, const int32_t
 // write_final_order (15k cycles for 2048 float32 winners, H200).  `scratch`: 2 * kBins words
 // of this CTA's shared memory that no other CTA reads any more, also the sort storage.
 // Called by every thread of the cluster.
+template <class Mark>
 __device__ inline void order_across_cluster(cg::cluster_group& cluster, int sel, int shift, const uint32_t* win_keys,
                                             const int32_t* win_idx, uint32_t* scratch, int64_t row,
-                                            const SelectParams& p) {
+                                            const SelectParams& p, const Mark& mark) {
   const int tid = threadIdx.x, lane = tid & 31;
   const int cs = int(cluster.num_blocks()), rank = int(cluster.block_rank());
   const int slice = 1 << shift;
@@ -335,12 +336,15 @@ __device__ inline void order_across_cluster(cg::cluster_group& cluster, int sel,
   } else {
     sorted_slice(std::integral_constant<int, 2>());
   }
+  mark("o:rank");
   cluster.sync();  // every slice is published
+  mark("o:sync");
   for (int at = 4 * tid; at < sel; at += 4 * kSelectThreads)  // slices are multiples of 4 long
     *reinterpret_cast<uint4*>(all + at) =
         *reinterpret_cast<const uint4*>(cluster.map_shared_rank(published, at >> shift) + (at & (slice - 1)));
   cluster.barrier_arrive();  // this CTA reads no other's shared memory after this
   __syncthreads();
+  mark("o:copy");
 
   const int sub = lane & (group - 1);
 #pragma unroll
@@ -363,6 +367,7 @@ __device__ inline void order_across_cluster(cg::cluster_group& cluster, int sel,
     for (int o = 1; o < group; o <<= 1) before += __shfl_xor_sync(~0u, before, o);
     if (place[m] >= 0 && sub == 0) store_result(p, row * p.k + place[m] + before, key[m], index[m]);
   }
+  mark("o:search");
   cluster.barrier_wait();  // no CTA leaves while another may read its published slice
 }
 
@@ -673,7 +678,8 @@ select_kernel(const Loader loader, const SelectParams p) {
   JH_TRACE("written");
   // The sort storage may overlap the histograms and sort buffers, which lie back to back.
   if (spread) {
-    order_across_cluster(cluster, int(selected), shift, sort_keys, sort_idx, hist, row, p);
+    order_across_cluster(cluster, int(selected), shift, sort_keys, sort_idx, hist, row, p,
+                         [&](const char* name) { JH_TRACE(name); });
     JH_TRACE("ordered");
   } else if (p.final_level && rank == 0) {
     write_final_order(sort_keys, sort_idx, int(selected), row, p, hist);
