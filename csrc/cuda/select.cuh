@@ -178,10 +178,7 @@ struct FourBins {
 };
 
 // The sort reuses the histograms and the (already loaded) sort buffer, which lie back to back.
-static_assert(sizeof(SortWinners<4>::TempStorage) <= 2 * kBins * 4 + 2 * kSortCap * 4 &&
-                  sizeof(SortWinners<2>::TempStorage) <= 2 * kBins * 4 + 2 * kSortCap * 4 &&
-                  sizeof(SortWinners<1>::TempStorage) <= 2 * kBins * 4 + 2 * kSortCap * 4,
-              "sort storage too large");
+static_assert(sizeof(SortWinners<4>::TempStorage) <= 2 * kBins * 4 + 2 * kSortCap * 4, "sort storage too large");
 
 // Counting rank of `count` (<= kRankSortMax) entries: g threads share entry e = tid / g and count
 // the entries j with precedes(j, e).  Gives each entry's rank in one of its threads, and
@@ -197,6 +194,7 @@ __device__ inline EntryRank counting_rank(int count, const Precedes& precedes) {
   const int e = threadIdx.x / g, sub = threadIdx.x % g;
   uint32_t rank = 0;
   if (e < count)
+#pragma unroll 4
     for (int j = sub; j < count; j += g) rank += precedes(j, e) ? 1u : 0u;
   for (int o = 1; o < g; o <<= 1) rank += __shfl_xor_sync(~0u, rank, o);  // g lanes of one warp
   return {e, e < count && sub == 0 ? int(rank) : -1, g};
@@ -279,15 +277,16 @@ __device__ inline void write_final_order(const uint32_t* win_keys, const int32_t
 }
 
 // A final level's order when a cluster of cs CTAs holds its `sel` winners in slices of
-// 1 << shift: slice r, the winners at positions [r << shift, (r + 1) << shift) of the index
-// order, lies in CTA r's win_keys / win_idx.  Each CTA sorts its slice (stable) and publishes
-// the sorted keys; a winner's output slot is its place in its slice plus the winners of the
-// other slices that precede it: those of lower slices with a key >= its key (equal keys there
-// have lower indices) and those of higher slices with a larger key, found by binary search in
-// a copy of every published slice.  This spreads over the cluster what rank 0 alone did in
-// write_final_order (15k cycles for 2048 float32 winners, H200).  `scratch`: 2 * kBins words
-// of this CTA's shared memory that no other CTA reads any more, also the sort storage.
-// Called by every thread of the cluster.
+// 1 << shift <= kRankSortMax: slice r, the winners at positions [r << shift, (r + 1) << shift)
+// of the index order, lies in CTA r's win_keys / win_idx.  Each CTA ranks its slice by
+// counting and publishes the keys in that order; a winner's output slot is its place in its
+// slice plus the winners of the other slices that precede it: those of lower slices with a key
+// >= its key (equal keys there have lower indices) and those of higher slices with a larger
+// key, found by binary searches in a copy of every published slice, kSearches at a time so
+// that their shared-memory reads overlap.  This spreads over the cluster what rank 0 alone did
+// in write_final_order (a block sort: 15.9k cycles for 2048 float32 winners, H200).  `scratch`:
+// 2 * kBins words of this CTA's shared memory that no other CTA reads any more.  Called by
+// every thread of the cluster.
 template <class Mark>
 __device__ inline void order_across_cluster(cg::cluster_group& cluster, int sel, int shift, const uint32_t* win_keys,
                                             const int32_t* win_idx, uint32_t* scratch, int64_t row,
@@ -296,46 +295,19 @@ __device__ inline void order_across_cluster(cg::cluster_group& cluster, int sel,
   const int cs = int(cluster.num_blocks()), rank = int(cluster.block_rank());
   const int slice = 1 << shift;
   auto slice_len = [&](int s) { return min(max(sel - (s << shift), 0), slice); };
-  const int my_len = slice_len(rank);
-  uint32_t* published = scratch;  // this slice's keys in sorted order
+  uint32_t* published = scratch;  // this slice's keys in rank order
   uint32_t* all = scratch + kBins;  // every slice's published keys, back to back
   fill_empty_slots(p, row, sel, rank * kSelectThreads + tid, cs * kSelectThreads);
 
-  // This thread's winners: key, index and place in the slice (-1: none); `group` lanes share
-  // each one and split the other slices between them.
-  constexpr int kMaxItems = kSortCap / 2 / kSelectThreads;  // slices hold at most 1024 (cs >= 2)
-  uint32_t key[kMaxItems] = {};
-  int32_t index[kMaxItems] = {};
-  int place[kMaxItems];
-  int group = 1;
-  for (int m = 0; m < kMaxItems; ++m) place[m] = -1;
-  auto sorted_slice = [&](auto items) {
-    constexpr int kItems = decltype(items)::value;
-    uint32_t sk[kItems];
-    int32_t si[kItems];
-    sort_winners<kItems>(win_keys, win_idx, my_len, p.key_low_bit, scratch, sk, si);
-    __syncthreads();  // the sort storage is read
-#pragma unroll
-    for (int j = 0; j < kItems; ++j) {
-      const int at = j * kSelectThreads + tid;
-      key[j] = sk[j], index[j] = si[j], place[j] = at < my_len ? at : -1;
-      if (at < my_len) published[at] = sk[j];
-    }
-  };
-  if (slice <= kRankSortMax) {
-    const EntryRank r = counting_rank(my_len, [&](int j, int e) {
-      const uint32_t kj = win_keys[j], ke = win_keys[e];
-      return kj > ke || (kj == ke && j < e);
-    });
-    group = r.group;
-    place[0] = __shfl_sync(~0u, r.rank, lane & ~(group - 1));  // every lane of the group
-    if (place[0] >= 0) key[0] = win_keys[r.entry], index[0] = win_idx[r.entry];
-    if (r.rank >= 0) published[r.rank] = key[0];
-  } else if (slice <= kSelectThreads) {
-    sorted_slice(std::integral_constant<int, 1>());
-  } else {
-    sorted_slice(std::integral_constant<int, 2>());
-  }
+  // `group` lanes share a winner of the slice (place -1: none) and split the other slices.
+  const EntryRank r = counting_rank(slice_len(rank), [&](int j, int e) {
+    const uint32_t kj = win_keys[j], ke = win_keys[e];
+    return kj > ke || (kj == ke && j < e);
+  });
+  const int group = r.group, sub = lane & (group - 1);
+  const int place = __shfl_sync(~0u, r.rank, lane & ~(group - 1));
+  const uint32_t key = place >= 0 ? win_keys[r.entry] : 0u;
+  if (r.rank >= 0) published[r.rank] = key;
   mark("o:rank");
   cluster.sync();  // every slice is published
   mark("o:sync");
@@ -346,27 +318,37 @@ __device__ inline void order_across_cluster(cg::cluster_group& cluster, int sel,
   __syncthreads();
   mark("o:copy");
 
-  const int sub = lane & (group - 1);
+  // Lane `sub` of a group searches slices sub, sub + group, ...; its own slice and slices past
+  // cs count as empty.  counting_rank's groups hold at least kSelectThreads / slice lanes, so
+  // kSearches * group >= 2048 / slice >= cs.
+  constexpr int kSearches = 4;
+  int len[kSearches], count[kSearches];
+  const uint32_t* other[kSearches];
 #pragma unroll
-  for (int m = 0; m < kMaxItems; ++m) {
-    uint32_t before = 0;
-    if (place[m] >= 0)
-      for (int s = sub; s < cs; s += group) {
-        if (s == rank) continue;
-        const uint32_t* other = all + (s << shift);
-        const int len = slice_len(s);
-        const bool lower = s < rank;
-        int count = 0;  // leading entries of `other` (descending) that precede the winner
-        for (int step = slice; step > 0; step >>= 1) {
-          if (count + step > len) continue;
-          const uint32_t v = other[count + step - 1];
-          if (v > key[m] || (lower && v == key[m])) count += step;
-        }
-        before += uint32_t(count);
-      }
-    for (int o = 1; o < group; o <<= 1) before += __shfl_xor_sync(~0u, before, o);
-    if (place[m] >= 0 && sub == 0) store_result(p, row * p.k + place[m] + before, key[m], index[m]);
+  for (int i = 0; i < kSearches; ++i) {
+    const int s = sub + i * group;
+    len[i] = place >= 0 && s < cs && s != rank ? slice_len(s) : 0;
+    other[i] = all + (min(s, cs - 1) << shift);
+    count[i] = 0;
   }
+#pragma unroll
+  for (int b = 8; b >= 0; --b) {  // steps of kRankSortMax ... 1
+    const int step = 1 << b;
+    if (step > slice) continue;  // uniform
+#pragma unroll
+    for (int i = 0; i < kSearches; ++i) {
+      const int at = count[i] + step;
+      if (at <= len[i]) {
+        const uint32_t v = other[i][at - 1];
+        if (v > key || (v == key && sub + i * group < rank)) count[i] = at;
+      }
+    }
+  }
+  uint32_t before = 0;
+#pragma unroll
+  for (int i = 0; i < kSearches; ++i) before += uint32_t(count[i]);
+  for (int o = 1; o < group; o <<= 1) before += __shfl_xor_sync(~0u, before, o);
+  if (r.rank >= 0) store_result(p, row * p.k + place + before, key, win_idx[r.entry]);
   mark("o:search");
   cluster.barrier_wait();  // no CTA leaves while another may read its published slice
 }
@@ -642,8 +624,9 @@ select_kernel(const Loader loader, const SelectParams p) {
   // Write the winners in index order: position = winners before it.  A final level's go to
   // rank 0, or, when there are many and several CTAs, in slices of 1 << shift to every CTA
   // (see order_across_cluster).
-  const bool spread = p.final_level && cs > 1 && selected > uint32_t(kRankSortMax);
-  const int shift = spread ? 32 - __clz(int(selected) - 1) - (31 - __clz(cs)) : 31;
+  const int slice_shift = 32 - __clz(int(selected) - 1) - (31 - __clz(cs));  // ceil_pow2(selected) / cs
+  const bool spread = p.final_level && selected > uint32_t(kRankSortMax) && slice_shift <= 8;  // <= kRankSortMax
+  const int shift = spread ? slice_shift : 31;
   const int64_t slot = (row * p.num_segments + seg) * p.k;
   uint32_t eq_rank = eq_before, pos = gt_before + min(eq_before, remaining);
   for (int base = 0; base < w_count; base += 32) {
