@@ -902,8 +902,10 @@ ffi::Error run_levels(const char* op, cudaStream_t stream, ffi::ScratchAllocator
   int levels = 1;
   while (plans[levels - 1].num_segments > 1) {
     if (levels == kMaxLevels) return op_error(op, "rows of ", n, " entries need too many selection levels");
+    // A final level with k > kRankSortMax spreads its order over the cluster when that holds
+    // 8 or more CTAs (order_across_cluster), so such levels split down to half as many entries.
     plans[levels] = plan_level(rows, plans[levels - 1].num_segments * k, kPairCapacity, pair_cluster,
-                               kSelectCtasPerSm * dev.sms, kMinSplitEntries);
+                               kSelectCtasPerSm * dev.sms, k > kRankSortMax ? kMinSplitEntries / 2 : kMinSplitEntries);
     ++levels;
   }
   ScratchArena arena;
