@@ -160,6 +160,7 @@ struct DsaLoader {
   static constexpr bool kHasIdx = false;
   static constexpr bool kTruncated = false;
   using StagedKey = uint32_t;
+  static constexpr int kCtasPerSm = 1;  // the scorer's tiles fill the SM (see one_wave_plan)
   DsaScorer<T> scorer;
   const int32_t* valid_counts;
 

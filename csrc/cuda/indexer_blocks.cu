@@ -103,6 +103,7 @@ struct BlockLoader {
   static constexpr bool kHasIdx = false;
   static constexpr bool kTruncated = false;
   using StagedKey = uint32_t;
+  static constexpr int kCtasPerSm = kSelectCtasPerSm;
   BlockScorer<T, kQuest> scorer;
 
   __host__ __device__ size_t extra_bytes() const { return scorer.extra_bytes(); }

@@ -322,13 +322,12 @@ __device__ inline void order_across_cluster(cg::cluster_group& cluster, int sel,
   // cs count as empty.  counting_rank's groups hold at least kSelectThreads / slice lanes, so
   // kSearches * group >= 2048 / slice >= cs.
   constexpr int kSearches = 4;
-  int len[kSearches], count[kSearches];
-  const uint32_t* other[kSearches];
+  int len[kSearches], count[kSearches], first[kSearches];  // first: the slice's offset in `all`
 #pragma unroll
   for (int i = 0; i < kSearches; ++i) {
     const int s = sub + i * group;
     len[i] = place >= 0 && s < cs && s != rank ? slice_len(s) : 0;
-    other[i] = all + (min(s, cs - 1) << shift);
+    first[i] = min(s, cs - 1) << shift;
     count[i] = 0;
   }
 #pragma unroll
@@ -339,7 +338,7 @@ __device__ inline void order_across_cluster(cg::cluster_group& cluster, int sel,
     for (int i = 0; i < kSearches; ++i) {
       const int at = count[i] + step;
       if (at <= len[i]) {
-        const uint32_t v = other[i][at - 1];
+        const uint32_t v = all[first[i] + at - 1];
         if (v > key || (v == key && sub + i * group < rank)) count[i] = at;
       }
     }
@@ -353,11 +352,12 @@ __device__ inline void order_across_cluster(cg::cluster_group& cluster, int sel,
   cluster.barrier_wait();  // no CTA leaves while another may read its published slice
 }
 
+// Every Loader says how many CTAs share an SM (kCtasPerSm, which its plans assume), and the
+// launch bounds hold ptxas to that: one CTA may take every register (ptxas kept the truncated
+// float32 kernel at 64 and spilled), two must fit in 64 each (the float32 kernel grew to 99
+// once, and 1 x 10M top-2048 took 108 instead of 80 us, H200).
 template <class Loader>
-constexpr int kSelectMinCtas = sizeof(typename Loader::StagedKey) == 2 ? 1 : 0;
-
-template <class Loader>
-__global__ void __launch_bounds__(kSelectThreads, kSelectMinCtas<Loader>)
+__global__ void __launch_bounds__(kSelectThreads, Loader::kCtasPerSm)
 select_kernel(const Loader loader, const SelectParams p) {
   extern __shared__ __align__(16) unsigned char smem[];
   JH_TRACE_START;
@@ -709,6 +709,7 @@ __device__ inline uint32_t tile_floor(const uint32_t* hist, int64_t k) {
 // surviving() entries of each row valid.
 struct PairLoader {
   static constexpr bool kHasIdx = true;
+  static constexpr int kCtasPerSm = kSelectCtasPerSm;
   static constexpr bool kTruncated = false;
   using StagedKey = uint32_t;
   __host__ __device__ size_t extra_bytes() const { return 0; }

@@ -28,6 +28,8 @@ struct RawLoader {
   static constexpr bool kHasIdx = false;
   static constexpr bool kTruncated = sizeof(T) > sizeof(Staged);
   using StagedKey = Staged;
+  // 16-bit staged keys: up to 65,536 per CTA, in 128 KiB of shared memory.
+  static constexpr int kCtasPerSm = sizeof(Staged) == 2 ? 1 : kSelectCtasPerSm;
   __host__ __device__ size_t extra_bytes() const { return 0; }
   const T* x;
   const int32_t* lengths;
