@@ -242,15 +242,18 @@ ffi::Error topk_select(cudaStream_t stream, ffi::ScratchAllocator& scratch, cons
     };
     return run_levels("topk", stream, scratch, filter_plan, launch_first, lengths, rows, n, p, dev);
   }
-  // float32 rows that need more CTAs than the device holds at once stage truncated keys when
-  // that fits them in one wave (64 x 131072: 128 CTAs of 65536 keys instead of 512 of 16384).
+  // float32 rows that need more CTAs than the device holds at once, or candidate levels, stage
+  // truncated keys when that fits them in one wave, in one level where the full keys need more
+  // (64 x 131072: 128 CTAs of 65536 keys instead of 512 of 16384; 4 x 1M: one level of 64 CTAs
+  // instead of 256 CTAs and a candidate level, 33.5 against 55.8 us, H200).
   if constexpr (sizeof(T) == 4) {
     const RawSelect<T, uint32_t> full{dev};
     const LevelPlan plan = full.plan(rows, n);
-    if (full.waves(rows, plan) > 1) {
+    if (full.waves(rows, plan) > 1 || plan.num_segments > 1) {
       const RawSelect<T, uint16_t> truncated{dev};
       const LevelPlan narrow = truncated.plan(rows, n);
-      if (truncated.waves(rows, narrow) == 1) return truncated.run(stream, scratch, x, lengths, rows, n, p, narrow);
+      if (truncated.waves(rows, narrow) == 1 && (full.waves(rows, plan) > 1 || narrow.num_segments == 1))
+        return truncated.run(stream, scratch, x, lengths, rows, n, p, narrow);
     }
     return full.run(stream, scratch, x, lengths, rows, n, p, plan);
   } else {
