@@ -159,7 +159,7 @@ __device__ inline uint64_t filter_cut(uint32_t* keys, int32_t* idx, int count, i
 // keys/idx.  Called by every thread.
 using IndexSortBlock = cub::BlockRadixSort<uint32_t, kSelectThreads, kSortCap / kSelectThreads, uint32_t, 4>;
 static_assert(sizeof(IndexSortBlock::TempStorage) <= kFilterRingBytes &&
-              sizeof(SortWinners<4>::TempStorage) <= kFilterRingBytes, "the ring holds the sorts' storage");
+              sizeof(SortBlock::TempStorage) <= kFilterRingBytes, "the ring holds the sorts' storage");
 template <class Emit>
 __device__ void order_by_index(const uint32_t* keys, const int32_t* idx, int count, int64_t begin, int64_t len,
                                void* sort_storage, const Emit& emit) {

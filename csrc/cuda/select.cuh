@@ -141,8 +141,7 @@ __device__ __forceinline__ void eight_keys(const uint16_t* keys, int first, uint
   for (int c = 0; c < 4; ++c) key[2 * c] = w[c] << 16, key[2 * c + 1] = w[c] & 0xffff0000u;  // even entry low
 }
 
-template <int kItems>  // kItems * kSelectThreads winners
-using SortWinners = cub::BlockRadixSort<uint32_t, kSelectThreads, kItems, int32_t, 4>;
+using SortBlock = cub::BlockRadixSort<uint32_t, kSelectThreads, kSortCap / kSelectThreads, int32_t, 4>;
 using ScanBlock = cub::BlockScan<uint32_t, kSelectThreads>;
 // This thread's four bins of a kBins histogram, highest first: bins kBins-1-4t ... kBins-4-4t
 // hold the counts cnt[0..3], `before` entries lie in the bins above them and `total` in all.
@@ -178,7 +177,7 @@ struct FourBins {
 };
 
 // The sort reuses the histograms and the (already loaded) sort buffer, which lie back to back.
-static_assert(sizeof(SortWinners<4>::TempStorage) <= 2 * kBins * 4 + 2 * kSortCap * 4, "sort storage too large");
+static_assert(sizeof(SortBlock::TempStorage) <= 2 * kBins * 4 + 2 * kSortCap * 4, "sort storage too large");
 
 // Counting rank of `count` (<= kRankSortMax) entries: g threads share entry e = tid / g and count
 // the entries j with precedes(j, e).  Gives each entry's rank in one of its threads, and
@@ -218,42 +217,13 @@ __device__ inline void fill_empty_slots(const SelectParams& p, int64_t row, int 
   }
 }
 
-// Sorts `sel` (<= kItems * kSelectThreads) winners (shared memory, in index order) by key,
-// descending; stable, so ties stay in index order.  Only the bits where the winners differ are
-// sorted (all of them share the bits above).  Thread t gets sorted positions j * kSelectThreads
-// + t in sk[j], si[j]; padding (key 0, index -1) sorts after the winners.  sort_storage (at
-// least sizeof(TempStorage) bytes of shared memory) may overlap the winners: they are read
-// before it is written.  Called by every thread.
-template <int kItems>
-__device__ inline void sort_winners(const uint32_t* win_keys, const int32_t* win_idx, int sel, int key_low_bit,
-                                    void* sort_storage, uint32_t (&sk)[kItems], int32_t (&si)[kItems]) {
-  __shared__ uint32_t s_diff;
-  const int tid = threadIdx.x;
-  if (tid == 0) s_diff = 0;
-  uint32_t diff = 0;
-  const uint32_t first_key = win_keys[0];
-#pragma unroll
-  for (int j = 0; j < kItems; ++j) {
-    const int at = tid * kItems + j;
-    sk[j] = at < sel ? win_keys[at] : 0u;  // padding sorts last (lowest digits, and after)
-    si[j] = at < sel ? win_idx[at] : -1;
-    if (at < sel) diff |= sk[j] ^ first_key;
-  }
-  diff = __reduce_or_sync(~0u, diff);
-  __syncthreads();  // s_diff is cleared; the winners are read
-  if ((tid & 31) == 0 && diff) atomicOr(&s_diff, diff);
-  __syncthreads();
-  const int end_bit = max(32 - __clz(s_diff), key_low_bit + 1);
-  auto& storage = *static_cast<typename SortWinners<kItems>::TempStorage*>(sort_storage);
-  SortWinners<kItems>(storage).SortDescendingBlockedToStriped(sk, si, key_low_bit, end_bit);
-}
-
 // Writes a final level's `sel` winners (shared memory, in index order) to row `row` of the
 // outputs, largest key first and ties in index order, and fills the slots past `sel` with -inf
-// and index -1.  sort_storage as for sort_winners.  Called by every thread.
+// and index -1.  sort_storage (at least sizeof(SortBlock::TempStorage) bytes of shared memory) may overlap
+// the winners: they are read before it is written.  Called by every thread.
 __device__ inline void write_final_order(const uint32_t* win_keys, const int32_t* win_idx, int sel, int64_t row,
                                   const SelectParams& p, void* sort_storage) {
-  const int tid = threadIdx.x;
+  const int tid = threadIdx.x, lane = tid & 31;
   fill_empty_slots(p, row, sel, tid, kSelectThreads);
   if (sel <= kRankSortMax) {
     // Few winners: each one's output slot is the number of winners ranked above it (larger
@@ -265,10 +235,30 @@ __device__ inline void write_final_order(const uint32_t* win_keys, const int32_t
     if (r.rank >= 0) store_result(p, row * p.k + r.rank, win_keys[r.entry], win_idx[r.entry]);
     return;
   }
+
+  // Sort the winners by key, descending; stable, so ties stay in index order.  Only the bits
+  // where the winners differ are sorted (all of them share the bits above).
+  __shared__ uint32_t s_diff;
+  if (tid == 0) s_diff = 0;
   constexpr int kItems = kSortCap / kSelectThreads;
   uint32_t sk[kItems];
   int32_t si[kItems];
-  sort_winners<kItems>(win_keys, win_idx, sel, p.key_low_bit, sort_storage, sk, si);
+  uint32_t diff = 0;
+  const uint32_t first_key = win_keys[0];
+#pragma unroll
+  for (int j = 0; j < kItems; ++j) {
+    const int at = tid * kItems + j;
+    sk[j] = at < sel ? win_keys[at] : 0u;  // padding sorts last (lowest digits, and after)
+    si[j] = at < sel ? win_idx[at] : -1;
+    if (at < sel) diff |= sk[j] ^ first_key;
+  }
+  diff = __reduce_or_sync(~0u, diff);
+  __syncthreads();  // s_diff is cleared; the winners are read
+  if (lane == 0 && diff) atomicOr(&s_diff, diff);
+  __syncthreads();
+  const int end_bit = max(32 - __clz(s_diff), p.key_low_bit + 1);
+  auto& storage = *static_cast<typename SortBlock::TempStorage*>(sort_storage);
+  SortBlock(storage).SortDescendingBlockedToStriped(sk, si, p.key_low_bit, end_bit);
 #pragma unroll
   for (int j = 0; j < kItems; ++j) {
     const int at = j * kSelectThreads + tid;
@@ -709,9 +699,9 @@ __device__ inline uint32_t tile_floor(const uint32_t* hist, int64_t k) {
 // surviving() entries of each row valid.
 struct PairLoader {
   static constexpr bool kHasIdx = true;
-  static constexpr int kCtasPerSm = kSelectCtasPerSm;
   static constexpr bool kTruncated = false;
   using StagedKey = uint32_t;
+  static constexpr int kCtasPerSm = kSelectCtasPerSm;
   __host__ __device__ size_t extra_bytes() const { return 0; }
   const uint32_t* keys;
   const int32_t* idx;

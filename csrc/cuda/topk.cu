@@ -249,10 +249,11 @@ ffi::Error topk_select(cudaStream_t stream, ffi::ScratchAllocator& scratch, cons
   if constexpr (sizeof(T) == 4) {
     const RawSelect<T, uint32_t> full{dev};
     const LevelPlan plan = full.plan(rows, n);
-    if (full.waves(rows, plan) > 1 || plan.num_segments > 1) {
+    const bool full_one_wave = full.waves(rows, plan) == 1;
+    if (!full_one_wave || plan.num_segments > 1) {
       const RawSelect<T, uint16_t> truncated{dev};
       const LevelPlan narrow = truncated.plan(rows, n);
-      if (truncated.waves(rows, narrow) == 1 && (full.waves(rows, plan) > 1 || narrow.num_segments == 1))
+      if (truncated.waves(rows, narrow) == 1 && (!full_one_wave || narrow.num_segments == 1))
         return truncated.run(stream, scratch, x, lengths, rows, n, p, narrow);
     }
     return full.run(stream, scratch, x, lengths, rows, n, p, plan);
