@@ -114,6 +114,22 @@ def test_topk_patterns_many_long_rows(pattern, dtype):
         check_many(scores, (1024, 2048), lengths)
 
 
+@pytest.mark.parametrize("pattern", ["normal", "few_values", "all_equal", "specials", "ascending"])
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=lambda d: jnp.dtype(d).name)
+def test_topk_order_across_cluster(pattern, dtype):
+    # Final levels with more than 256 winners in clusters of 8 or 16 order them across the
+    # cluster in slices (select.cuh, order_across_cluster): a row of 131,072 (one level, 16
+    # CTAs) and rows of 600,000 (a candidate level, then clusters of 8).  Winner counts that are
+    # not powers of two, and valid lengths below k, leave the last slices short or empty; ties
+    # span slices.
+    rng = np.random.default_rng(30)
+    for rows, n in ((1, 131_072), (2, 600_000)):
+        scores = jnp.asarray(pattern_rows(pattern, rows, n, rng)).astype(dtype)
+        check_many(scores, (300, 1025, 1536, 2047, 2048))
+        for length in (n - 3, 2100, 1500, 300):
+            check_many(scores, (1025, 2048), np.full(rows, length, np.int32))
+
+
 # The streaming level (csrc/cuda/filter_select.cuh) takes rows with at least max(64 k, 8192)
 # entries per chunk when the chunks fill at least half the GPU's CTA slots (264 on an H100 or
 # H200); the shapes below are chosen to take it there.
