@@ -6,7 +6,7 @@
 # samples of select_kernel over the NCU_CASES of bench/ncu_cases.py, as CSV), profile
 # (decode-step profile) and placement (planner reproduction with measured GPU steps and NVML
 # power).  On a machine with two or more GPUs, tests/suite/profile run on GPU 0 while
-# probe/bench/ncu/placement run on GPU 1.  profile/placement need Flax: the device image has it; otherwise
+# probe/bench/ncu/placement run on GPU 1; the suite waits for the benchmark to finish.  profile/placement need Flax: the device image has it; otherwise
 # carry wheels/ (bench/fetch_device_wheels.sh).  Logs go to $OUT/logs.tgz ($OUT defaults to
 # ./out); a summary is printed last.
 #   STEPS="tests bench" BENCH_ARGS="--quick" bench/gpu_check.sh [pytest args ...]
@@ -46,6 +46,9 @@ lane0() {  # tests, then the decode-step profile (GPU 0 when there are two)
     tail -40 "$logs/tests.log"
   fi
   if want suite; then
+    # Not beside the benchmark: the suite's compiles load every core, and short kernels timed
+    # meanwhile came out slow (64x8192 top-256: 33.1 against 16.3 us, H200, session 10).
+    while want bench && [ ! -f "$logs/.bench_done" ]; do sleep 2; done
     step "whole test suite, JAX_PLATFORMS=cuda"
     timeout ${SUITE_TIMEOUT:-420} python3 -m pytest "$repo/tests" -q -p no:cacheprovider -n ${SUITE_WORKERS:-8} \
       -rfE --durations=15 "$@" >"$logs/suite.log" 2>&1
@@ -71,6 +74,7 @@ lane1() {  # benchmark, ncu, placement (GPU 1 when there are two)
       >"$logs/bench.log" 2>&1
     grep -v "^  " "$logs/bench.log" | tail -45
   fi
+  touch "$logs/.bench_done"
   if want ncu; then
     step "Nsight Compute"
     timeout ${NCU_TIMEOUT:-200} ncu --clock-control none -k regex:'select_kernel|filter_kernel|scores_kernel|attention_mma' \
