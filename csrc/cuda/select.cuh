@@ -2,8 +2,8 @@
 // cluster holds its slice of the segment as order keys in shared memory (read from HBM once;
 // 32 bits, or 16 for 16-bit inputs and for truncated float32 keys), the radix passes merge
 // their histograms through distributed shared memory, and the selected entries are compacted
-// in index order.  A final level sorts the (at most
-// kSortCap) winners in rank 0; a non-final level writes them as candidates for the next one.
+// in index order.  A final level orders the (at most kSortCap) winners in rank 0, or across the
+// cluster (order_across_cluster); a non-final level writes them as candidates for the next one.
 //
 // A Loader fills a CTA's keys (and original indices when kHasIdx) for a range of a row,
 // counting each key's first radix digit (store_key).  Its StagedKey is the type of the keys in
@@ -199,6 +199,15 @@ __device__ inline EntryRank counting_rank(int count, const Precedes& precedes) {
   return {e, e < count && sub == 0 ? int(rank) : -1, g};
 }
 
+// counting_rank of `count` winners in index order: a larger key, or an equal key at a lower
+// position (a lower index), ranks above.
+__device__ inline EntryRank rank_winners(const uint32_t* win_keys, int count) {
+  return counting_rank(count, [&](int j, int e) {
+    const uint32_t kj = win_keys[j], ke = win_keys[e];
+    return kj > ke || (kj == ke && j < e);
+  });
+}
+
 // Output slot o of a final level: the value (bit-exact from its order key) and the index.
 __device__ __forceinline__ void store_result(const SelectParams& p, int64_t o, uint32_t key, int32_t index) {
   if (p.value_bytes == 4) static_cast<uint32_t*>(p.values)[o] = bits32_of_key(key);
@@ -226,12 +235,8 @@ __device__ inline void write_final_order(const uint32_t* win_keys, const int32_t
   const int tid = threadIdx.x, lane = tid & 31;
   fill_empty_slots(p, row, sel, tid, kSelectThreads);
   if (sel <= kRankSortMax) {
-    // Few winners: each one's output slot is the number of winners ranked above it (larger
-    // key, or equal key at a lower position, i.e. a lower index).
-    const EntryRank r = counting_rank(sel, [&](int j, int e) {
-      const uint32_t kj = win_keys[j], ke = win_keys[e];
-      return kj > ke || (kj == ke && j < e);
-    });
+    // Few winners: each one's output slot is the number of winners ranked above it.
+    const EntryRank r = rank_winners(win_keys, sel);
     if (r.rank >= 0) store_result(p, row * p.k + r.rank, win_keys[r.entry], win_idx[r.entry]);
     return;
   }
@@ -291,10 +296,7 @@ __device__ inline void order_across_cluster(cg::cluster_group& cluster, int sel,
   fill_empty_slots(p, row, sel, rank * kSelectThreads + tid, cs * kSelectThreads);
 
   // `group` lanes share a winner of the slice (place -1: none) and split the other slices.
-  const EntryRank r = counting_rank(slice_len(rank), [&](int j, int e) {
-    const uint32_t kj = win_keys[j], ke = win_keys[e];
-    return kj > ke || (kj == ke && j < e);
-  });
+  const EntryRank r = rank_winners(win_keys, slice_len(rank));
   const int group = r.group, sub = lane & (group - 1);
   const int place = __shfl_sync(~0u, r.rank, lane & ~(group - 1));
   const uint32_t key = place >= 0 ? win_keys[r.entry] : 0u;
