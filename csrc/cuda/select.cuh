@@ -894,9 +894,10 @@ ffi::Error run_levels(const char* op, cudaStream_t stream, ffi::ScratchAllocator
   while (plans[levels - 1].num_segments > 1) {
     if (levels == kMaxLevels) return op_error(op, "rows of ", n, " entries need too many selection levels");
     // A final level with k > kRankSortMax spreads its order over the cluster when that holds
-    // 8 or more CTAs (order_across_cluster), so such levels split down to half as many entries.
+    // 8 or more CTAs (order_across_cluster), with slices of 128 winners at 16, so such levels
+    // split down to a quarter as many entries.
     plans[levels] = plan_level(rows, plans[levels - 1].num_segments * k, kPairCapacity, pair_cluster,
-                               kSelectCtasPerSm * dev.sms, k > kRankSortMax ? kMinSplitEntries / 2 : kMinSplitEntries);
+                               kSelectCtasPerSm * dev.sms, k > kRankSortMax ? kMinSplitEntries / 4 : kMinSplitEntries);
     ++levels;
   }
   ScratchArena arena;
