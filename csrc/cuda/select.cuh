@@ -304,7 +304,9 @@ __device__ inline void order_across_cluster(cg::cluster_group& cluster, int sel,
   for (int at = 4 * tid; at < sel; at += 4 * kSelectThreads)  // slices are multiples of 4 long
     *reinterpret_cast<uint4*>(all + at) =
         *reinterpret_cast<const uint4*>(cluster.map_shared_rank(published, at >> shift) + (at & (slice - 1)));
-  cluster.barrier_arrive();  // this CTA reads no other's shared memory after this
+  // This CTA reads no other's shared memory after this.  Relaxed: the reads are complete (their
+  // values are stored), and cg's arrive adds a GPU-wide memory barrier (MEMBAR.ALL.GPU).
+  asm volatile("barrier.cluster.arrive.relaxed.aligned;" ::: "memory");
   __syncthreads();
   mark("o:copy");
 
