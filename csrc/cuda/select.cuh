@@ -44,6 +44,13 @@ namespace cg = cooperative_groups;
 #endif
 
 
+// Programmatic dependent launch (sm_90): a candidate level is launched with programmatic stream
+// serialization, so the GPU may start it while the level before it finishes (every CTA of that
+// level calls allow_next_grid as it starts); it waits for that level's completion and memory
+// before it reads anything.  Both are no-ops for kernels launched without the attribute.
+__device__ __forceinline__ void wait_for_previous_grid() { asm volatile("griddepcontrol.wait;" ::: "memory"); }
+__device__ __forceinline__ void allow_next_grid() { asm volatile("griddepcontrol.launch_dependents;" ::: "memory"); }
+
 constexpr int kSelectThreads = 512;
 constexpr int kSelectWarps = kSelectThreads / 32;
 constexpr int kDigitBits = 11;
@@ -274,9 +281,10 @@ __device__ inline void write_final_order(const uint32_t* win_keys, const int32_t
 // >= its key (equal keys there have lower indices) and those of higher slices with a larger
 // key, found by binary searches in a copy of every published slice, kSearches at a time so
 // that their shared-memory reads overlap.  This spreads over the cluster what rank 0 alone did
-// in write_final_order (a block sort: 15.9k cycles for 2048 float32 winners, H200).  `scratch`:
-// 2 * kBins words of this CTA's shared memory that no other CTA reads any more.  Called by
-// every thread of the cluster.
+// in write_final_order (a block sort: 15.9k cycles for 2048 float32 winners; 9.4k from the
+// written winners to the end here, and 1x131072 21.3 -> 18.0 us, H200).  `scratch`: 2 * kBins
+// words of this CTA's shared memory that no other CTA reads any more; mark(name) notes a
+// phase boundary in trace builds.  Called by every thread of the cluster.
 template <class Mark>
 __device__ inline void order_across_cluster(cg::cluster_group& cluster, int sel, int shift, const uint32_t* win_keys,
                                             const int32_t* win_idx, uint32_t* scratch, int64_t row,
@@ -304,7 +312,9 @@ __device__ inline void order_across_cluster(cg::cluster_group& cluster, int sel,
   for (int at = 4 * tid; at < sel; at += 4 * kSelectThreads)  // slices are multiples of 4 long
     *reinterpret_cast<uint4*>(all + at) =
         *reinterpret_cast<const uint4*>(cluster.map_shared_rank(published, at >> shift) + (at & (slice - 1)));
-  cluster.barrier_arrive();  // this CTA reads no other's shared memory after this
+  // This CTA reads no other's shared memory after this.  Relaxed: the reads are complete (their
+  // values are stored), and cg's arrive adds a GPU-wide memory barrier (MEMBAR.ALL.GPU).
+  asm volatile("barrier.cluster.arrive.relaxed.aligned;" ::: "memory");
   __syncthreads();
   mark("o:copy");
 
@@ -350,6 +360,8 @@ template <class Loader>
 __global__ void __launch_bounds__(kSelectThreads, Loader::kCtasPerSm)
 select_kernel(const Loader loader, const SelectParams p) {
   extern __shared__ __align__(16) unsigned char smem[];
+  allow_next_grid();
+  wait_for_previous_grid();
   JH_TRACE_START;
   __shared__ typename ScanBlock::TempStorage scan_storage;
   __shared__ uint32_t s_digit, s_remaining, s_bin_full;
@@ -779,10 +791,11 @@ inline LevelPlan plan_level(int64_t rows, int64_t entries, int capacity, int max
   return plan;
 }
 
-// Launches select_kernel<Loader> with clusters of plan.cluster CTAs.
+// Launches select_kernel<Loader> with clusters of plan.cluster CTAs; a candidate level (which
+// reads what the level before it wrote) as a programmatic dependent launch.
 template <class Loader>
 ffi::Error launch_select(const char* op, cudaStream_t stream, const Loader& loader, SelectParams p,
-                         int64_t rows, const LevelPlan& plan) {
+                         int64_t rows, const LevelPlan& plan, bool candidate_level = false) {
   auto kernel = select_kernel<Loader>;
   const SelectSmem lay = select_smem<Loader>(p.capacity, loader.extra_bytes());
   JH_CUDA_CHECK(op, cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(lay.total)));
@@ -795,13 +808,15 @@ ffi::Error launch_select(const char* op, cudaStream_t stream, const Loader& load
   cfg.blockDim = dim3(kSelectThreads);
   cfg.dynamicSmemBytes = lay.total;
   cfg.stream = stream;
-  cudaLaunchAttribute attr[1];
+  cudaLaunchAttribute attr[2];
   attr[0].id = cudaLaunchAttributeClusterDimension;
   attr[0].val.clusterDim.x = unsigned(plan.cluster);
   attr[0].val.clusterDim.y = 1;
   attr[0].val.clusterDim.z = 1;
+  attr[1].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[1].val.programmaticStreamSerializationAllowed = 1;
   cfg.attrs = attr;
-  cfg.numAttrs = 1;
+  cfg.numAttrs = candidate_level ? 2 : 1;
   JH_CUDA_CHECK(op, cudaLaunchKernelEx(&cfg, kernel, loader, p));
   return ffi::Error::Success();
 }
@@ -926,7 +941,7 @@ ffi::Error run_levels(const char* op, cudaStream_t stream, ffi::ScratchAllocator
       JH_RETURN_IF_ERROR(launch_first(p));
     } else {
       p.capacity = kPairCapacity;
-      JH_RETURN_IF_ERROR(launch_select(op, stream, pairs, p, rows, plans[l]));
+      JH_RETURN_IF_ERROR(launch_select(op, stream, pairs, p, rows, plans[l], /*candidate_level=*/true));
     }
     if (!p.final_level) {  // the next level reads these candidates
       pairs.keys = p.cand_keys;
