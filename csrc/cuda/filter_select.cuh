@@ -205,6 +205,7 @@ template <class T>
 __global__ void __launch_bounds__(kSelectThreads, 2)
 filter_kernel(const T* x, const int32_t* lengths, int64_t n, const SelectParams p) {
   extern __shared__ __align__(16) unsigned char smem[];
+  allow_next_grid();  // the candidate level after this one may start (it waits for this grid)
   // Survivors of step s are counted in s_step[s % 3]: it is read after the step's barrier and
   // cleared two steps later, after a barrier every reader has passed.
   __shared__ unsigned s_step[3];

@@ -44,6 +44,13 @@ namespace cg = cooperative_groups;
 #endif
 
 
+// Programmatic dependent launch (sm_90): a candidate level is launched with programmatic stream
+// serialization, so the GPU may start it while the level before it finishes (every CTA of that
+// level calls allow_next_grid as it starts); it waits for that level's completion and memory
+// before it reads anything.  Both are no-ops for kernels launched without the attribute.
+__device__ __forceinline__ void wait_for_previous_grid() { asm volatile("griddepcontrol.wait;" ::: "memory"); }
+__device__ __forceinline__ void allow_next_grid() { asm volatile("griddepcontrol.launch_dependents;" ::: "memory"); }
+
 constexpr int kSelectThreads = 512;
 constexpr int kSelectWarps = kSelectThreads / 32;
 constexpr int kDigitBits = 11;
@@ -307,7 +314,9 @@ __device__ inline void order_across_cluster(cg::cluster_group& cluster, int sel,
   for (int at = 4 * tid; at < sel; at += 4 * kSelectThreads)  // slices are multiples of 4 long
     *reinterpret_cast<uint4*>(all + at) =
         *reinterpret_cast<const uint4*>(cluster.map_shared_rank(published, at >> shift) + (at & (slice - 1)));
-  cluster.barrier_arrive();  // this CTA reads no other's shared memory after this
+  // This CTA reads no other's shared memory after this.  Relaxed: the reads are complete (their
+  // values are stored), and cg's arrive adds a GPU-wide memory barrier (MEMBAR.ALL.GPU).
+  asm volatile("barrier.cluster.arrive.relaxed.aligned;" ::: "memory");
   __syncthreads();
   mark("o:copy");
 
@@ -353,6 +362,8 @@ template <class Loader>
 __global__ void __launch_bounds__(kSelectThreads, Loader::kCtasPerSm)
 select_kernel(const Loader loader, const SelectParams p) {
   extern __shared__ __align__(16) unsigned char smem[];
+  allow_next_grid();
+  wait_for_previous_grid();
   JH_TRACE_START;
   __shared__ typename ScanBlock::TempStorage scan_storage;
   __shared__ uint32_t s_digit, s_remaining, s_bin_full;
@@ -782,10 +793,11 @@ inline LevelPlan plan_level(int64_t rows, int64_t entries, int capacity, int max
   return plan;
 }
 
-// Launches select_kernel<Loader> with clusters of plan.cluster CTAs.
+// Launches select_kernel<Loader> with clusters of plan.cluster CTAs; a candidate level (which
+// reads what the level before it wrote) as a programmatic dependent launch.
 template <class Loader>
 ffi::Error launch_select(const char* op, cudaStream_t stream, const Loader& loader, SelectParams p,
-                         int64_t rows, const LevelPlan& plan) {
+                         int64_t rows, const LevelPlan& plan, bool candidate_level = false) {
   auto kernel = select_kernel<Loader>;
   const SelectSmem lay = select_smem<Loader>(p.capacity, loader.extra_bytes());
   JH_CUDA_CHECK(op, cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(lay.total)));
@@ -798,13 +810,15 @@ ffi::Error launch_select(const char* op, cudaStream_t stream, const Loader& load
   cfg.blockDim = dim3(kSelectThreads);
   cfg.dynamicSmemBytes = lay.total;
   cfg.stream = stream;
-  cudaLaunchAttribute attr[1];
+  cudaLaunchAttribute attr[2];
   attr[0].id = cudaLaunchAttributeClusterDimension;
   attr[0].val.clusterDim.x = unsigned(plan.cluster);
   attr[0].val.clusterDim.y = 1;
   attr[0].val.clusterDim.z = 1;
+  attr[1].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[1].val.programmaticStreamSerializationAllowed = 1;
   cfg.attrs = attr;
-  cfg.numAttrs = 1;
+  cfg.numAttrs = candidate_level ? 2 : 1;
   JH_CUDA_CHECK(op, cudaLaunchKernelEx(&cfg, kernel, loader, p));
   return ffi::Error::Success();
 }
@@ -897,9 +911,10 @@ ffi::Error run_levels(const char* op, cudaStream_t stream, ffi::ScratchAllocator
   while (plans[levels - 1].num_segments > 1) {
     if (levels == kMaxLevels) return op_error(op, "rows of ", n, " entries need too many selection levels");
     // A final level with k > kRankSortMax spreads its order over the cluster when that holds
-    // 8 or more CTAs (order_across_cluster), so such levels split down to half as many entries.
+    // 8 or more CTAs (order_across_cluster), with slices of 128 winners at 16, so such levels
+    // split down to a quarter as many entries.
     plans[levels] = plan_level(rows, plans[levels - 1].num_segments * k, kPairCapacity, pair_cluster,
-                               kSelectCtasPerSm * dev.sms, k > kRankSortMax ? kMinSplitEntries / 2 : kMinSplitEntries);
+                               kSelectCtasPerSm * dev.sms, k > kRankSortMax ? kMinSplitEntries / 4 : kMinSplitEntries);
     ++levels;
   }
   ScratchArena arena;
@@ -928,7 +943,7 @@ ffi::Error run_levels(const char* op, cudaStream_t stream, ffi::ScratchAllocator
       JH_RETURN_IF_ERROR(launch_first(p));
     } else {
       p.capacity = kPairCapacity;
-      JH_RETURN_IF_ERROR(launch_select(op, stream, pairs, p, rows, plans[l]));
+      JH_RETURN_IF_ERROR(launch_select(op, stream, pairs, p, rows, plans[l], /*candidate_level=*/true));
     }
     if (!p.final_level) {  // the next level reads these candidates
       pairs.keys = p.cand_keys;
