@@ -57,6 +57,10 @@ constexpr int kDigitBits = 11;
 constexpr int kBins = 1 << kDigitBits;
 constexpr int kSortCap = 2048;  // largest k of the selection path
 constexpr int kMaxLevels = 4;
+#ifndef JH_DIRECT_MERGE_MAX
+#define JH_DIRECT_MERGE_MAX 8
+#endif
+constexpr int kDirectMergeMax = JH_DIRECT_MERGE_MAX;  // see select_kernel's histogram merge
 constexpr int kRankSortMax = 256;  // final levels with at most this many winners rank them by counting
 constexpr int kMinSplitEntries = 2048;  // entries a CTA keeps when plan_level splits a row further
 constexpr int kSelectCtasPerSm = 2;     // 512 threads x 64 registers (and <= 113 KiB of shared memory)
@@ -401,15 +405,19 @@ select_kernel(const Loader loader, const SelectParams p) {
     return key;
   };
   // The loader also counts the first radix digit (bits 21..31) of every key it stores.
-  // Rank r of the cluster owns bins [r * span, (r + 1) * span) of the merged histogram.
-  // Clusters of 16 push every CTA's counts into the owners' slices with remote atomics (one
-  // slice per pass, zeroed here), so a pass needs one cluster barrier; smaller clusters sum
-  // the slices with remote reads between two barriers.  H200: pushing was 1 us faster at 16,
-  // no faster at 8 and 1.6 us slower at 4 (64x8192).
+  // Clusters of 16 push every CTA's counts into the owners' slices with remote atomics (rank r
+  // owns bins [r * span, (r + 1) * span) of the merged histogram; one slice per pass, zeroed
+  // here), so a pass needs one cluster barrier.  Clusters of at most kDirectMergeMax CTAs need
+  // one too: every thread sums its four bins over the cluster's histograms, which alternate
+  // between the two halves of `hist` from pass to pass (a CTA clears a half only after the
+  // next pass's barrier, when every other has read it).  Clusters in between sum owner slices
+  // with remote reads between two barriers.  H200: pushing was 1 us faster at 16, no faster
+  // at 8 and 1.6 us slower at 4 (64x8192).
   uint32_t* local_hist = hist;
   uint32_t* merged = hist + kBins;
   const int span = kBins / cs;
   const bool push = cs >= 16;  // a slice of span bins per pass (at most 4) fits in merged's kBins
+  const bool direct = cs <= kDirectMergeMax;
   for (int b = tid; b < kBins; b += kSelectThreads) local_hist[b] = 0;
   if (push)
     for (int b = tid; b < 4 * span; b += kSelectThreads) merged[b] = 0;
@@ -443,6 +451,7 @@ select_kernel(const Loader loader, const SelectParams p) {
       if ((key & prefix_mask) == prefix) atomicAdd(&local_hist[(key >> lo) & digit_mask], 1u);
     };
     if (pass > 0) {
+      if (direct) local_hist = hist + (pass & 1) * kBins;
       for (int b = tid; b < kBins; b += kSelectThreads) local_hist[b] = 0;
       __syncthreads();
       if (pass == 1) {
@@ -545,7 +554,7 @@ select_kernel(const Loader loader, const SelectParams p) {
       use_list = fits;
       if (use_list) w_count = int(s_list_count[warp]);
     }
-    if (!push) {
+    if (!push && !direct) {
       // Sum my slice over the cluster (16-byte remote reads) ...
       for (int b4 = tid; b4 < span / 4; b4 += kSelectThreads) {
         uint4 sum = make_uint4(0, 0, 0, 0);
@@ -559,10 +568,19 @@ select_kernel(const Loader loader, const SelectParams p) {
       cluster.sync();  // every slice is merged
       JH_TRACE("merge");
     }
-    // Read the four bins kBins-4-4t ... kBins-1-4t from their owner (descending order).
+    // Read the four bins kBins-4-4t ... kBins-1-4t from their owner (descending order), or sum
+    // them over the cluster.
     const int first_bin = kBins - 4 - tid * 4;
-    const uint4 four = reinterpret_cast<const uint4*>(
-        cluster.map_shared_rank(slice, first_bin / span))[(first_bin % span) / 4];
+    uint4 four;
+    if (direct) {
+      four = make_uint4(0, 0, 0, 0);
+      for (int r = 0; r < cs; ++r) {
+        const uint4 v = reinterpret_cast<const uint4*>(cluster.map_shared_rank(local_hist, r))[first_bin / 4];
+        four.x += v.x, four.y += v.y, four.z += v.z, four.w += v.w;
+      }
+    } else {
+      four = reinterpret_cast<const uint4*>(cluster.map_shared_rank(slice, first_bin / span))[(first_bin % span) / 4];
+    }
     const FourBins bins = FourBins::scan<ScanBlock>(four, scan_storage);
     if (pass == 0) {
       selected = uint32_t(min64(p.k, bins.total));
