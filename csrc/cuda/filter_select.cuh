@@ -270,7 +270,8 @@ filter_kernel(const T* x, const int32_t* lengths, int64_t n, const SelectParams 
 #pragma unroll
       for (int g = 0; g < kGroups; ++g)
 #pragma unroll
-        for (int q = 0; q < kVec; ++q) count_first_digit(hist, key_at(g, q), entry_in(g, q));
+        for (int q = 0; q < kVec; ++q)
+          if (entry_in(g, q)) atomicAdd(&hist[key_at(g, q) >> (32 - kDigitBits)], 1u);
       bar = tile_floor(hist, p.k);
     }
     unsigned mine = 0;  // bit g * kVec + q: that entry passes
