@@ -86,7 +86,7 @@ lane1() {  # benchmark, ncu, placement (GPU 1 when there are two)
     step "select_kernel per-instruction samples (${NCU_CASES:-all cases})"
     # NCU_SAMPLING=0 samples every 32 cycles (2^(5+n)): enough for the 16-CTA kernels too.
     timeout ${NCU_TIMEOUT:-200} ncu --clock-control none -k regex:select_kernel --section SourceCounters \
-      --sampling-interval ${NCU_SAMPLING:-auto} \
+      --warp-sampling-interval ${NCU_SAMPLING:-auto} \
       --section WarpStateStats --import-source no -o "$logs/sass" python3 "$repo/bench/ncu_cases.py" \
       >"$logs/sass_run.txt" 2>&1
     tail -3 "$logs/sass_run.txt"
