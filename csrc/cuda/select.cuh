@@ -678,12 +678,16 @@ __device__ __forceinline__ void store_key(uint32_t* keys, int i, uint32_t key, u
   atomicAdd(&hist[key >> (32 - kDigitBits)], 1u);
 }
 
+// A word of select_kernel's histograms that is counted into but never read: the last of their
+// second half, whose first 4 * kBins / 16 words take pushes, and which smaller clusters clear
+// before pass 1 counts there.
+constexpr int kUncountedBin = 2 * kBins - 1;
+
 // Counts the first digit of `key` in select_kernel's histogram when `valid`, else in
-// hist[kUncountedBin], which no pass reads: one unconditional shared-memory atomic per key (ptxas
-// puts a conditional one in a branch with a convergence barrier).  (Aggregating lanes of a bin
-// with __match_any_sync first was slower: H100, 2026-11-28, 64 x 131072 top-2048 f32 116 -> 83
-// us, bf16 122 -> 67 us, 1 x 131072 30 -> 25 us.)
-constexpr int kUncountedBin = 2 * kBins - 1;  // cleared before a pass counts there, unused by a push
+// hist[kUncountedBin]: one unconditional shared-memory atomic per key (ptxas puts a conditional
+// one in a branch with a convergence barrier).  (Aggregating lanes of a bin with
+// __match_any_sync first was slower: H100, 2026-11-28, 64 x 131072 top-2048 f32 116 -> 83 us,
+// bf16 122 -> 67 us, 1 x 131072 30 -> 25 us.)
 __device__ __forceinline__ void count_first_digit(uint32_t* hist, uint32_t key, bool valid) {
   atomicAdd(&hist[valid ? key >> (32 - kDigitBits) : kUncountedBin], 1u);
 }
