@@ -119,7 +119,8 @@ def test_topk_patterns_many_long_rows(pattern, dtype):
 def test_topk_order_across_cluster(pattern, dtype):
     # Final levels with more than 256 winners in clusters of 8 or 16 order them across the
     # cluster in slices (select.cuh, order_across_cluster): a row of 131,072 (one level, 16
-    # CTAs) and rows of 600,000 (a candidate level, then clusters of 8).  Winner counts that are
+    # CTAs) and rows of 600,000 (a candidate level, then a final one of 8 or 16 CTAs, as the
+    # number of candidate segments gives).  Winner counts that are
     # not powers of two, and valid lengths below k, leave the last slices short or empty; ties
     # span slices.
     rng = np.random.default_rng(30)
