@@ -336,13 +336,15 @@ __device__ inline void order_across_cluster(cg::cluster_group& cluster, int sel,
   for (int b = 8; b >= 0; --b) {  // steps of kRankSortMax ... 1
     const int step = 1 << b;
     if (step > slice) continue;  // uniform
+    // Every search reads (a clamped position when its step is past the slice's end), so the
+    // reads issue together: guarded, ptxas put each read after the previous search's compare.
+    uint32_t v[kSearches];
+#pragma unroll
+    for (int i = 0; i < kSearches; ++i) v[i] = all[first[i] + max(min(count[i] + step, len[i]), 1) - 1];
 #pragma unroll
     for (int i = 0; i < kSearches; ++i) {
       const int at = count[i] + step;
-      if (at <= len[i]) {
-        const uint32_t v = all[first[i] + at - 1];
-        if (v > key || (v == key && sub + i * group < rank)) count[i] = at;
-      }
+      if (at <= len[i] && (v[i] > key || (v[i] == key && sub + i * group < rank))) count[i] = at;
     }
   }
   uint32_t before = 0;
