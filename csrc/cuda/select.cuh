@@ -455,34 +455,34 @@ select_kernel(const Loader loader, const SelectParams p) {
         // whose key is below `prefix` (that digit, lower bits 0) cannot win.  Each warp lists
         // the positions of the others (survivors), in order, then counts this pass over them;
         // later sweeps read only the lists when every warp's survivors fit its list_cap slots.
-        // Each lane reads 16 bytes per step: four 32-bit or eight 16-bit keys of consecutive
-        // entries, so a warp's entries are in index order lane by lane, and a lane's
-        // survivors take the slots after those of the lanes below.  A warp's last step may
-        // read up to 248 entries past its range (masked): they lie in shared memory, as the
+        // Each lane reads 16 or 32 bytes per step: four 32-bit or sixteen 16-bit keys of
+        // consecutive entries, so a warp's entries are in index order lane by lane, and a
+        // lane's survivors take the slots after those of the lanes below.  A warp's last step
+        // may read up to 511 entries past its range (masked): they lie in shared memory, as the
         // keys are followed by the histograms.
         uint32_t kept = 0;
         if constexpr (sizeof(Staged) == 2) {
-          // Eight entries: four ballots of the bits of each lane's survivor count give the
+          // Sixteen entries: five ballots of the bits of each lane's survivor count give the
           // sum below it; survivors are few (about 2 % of a random row), so only lanes that
           // hold one write.  (One ballot per entry: bf16 64x131072 31.2 against 29.9 us, H200;
-          // the same loop for 32-bit keys made 4x1M and dsa 1.1 us slower.)
-          for (int base = w_begin; base < w_end; base += 256) {
-            const int first = base + 8 * lane;
-            uint32_t key[8];
-            eight_keys(keys, first, key);
-            const int in_range = min(max(w_end - first, 0), 8);
+          // the same loop for 32-bit keys made 4x1M and dsa 1.1 us slower.  Eight entries per
+          // step: 29.7 us.)
+          for (int base = w_begin; base < w_end; base += 512) {
+            const int first = base + 16 * lane;
+            uint32_t lo[8], hi[8];
+            eight_keys(keys, first, lo);
+            eight_keys(keys, first + 8, hi);
+            const int in_range = min(max(w_end - first, 0), 16);
             uint32_t mine = 0;  // bit q: entry first + q survives
 #pragma unroll
-            for (int q = 0; q < 8; ++q) mine |= key[q] >= prefix ? 1u << q : 0u;
+            for (int q = 0; q < 8; ++q)
+              mine |= (lo[q] >= prefix ? 1u << q : 0u) | (hi[q] >= prefix ? 1u << (q + 8) : 0u);
             mine &= (1u << in_range) - 1u;
             const uint32_t count = __popc(mine);
-            uint32_t below = 0, total = 0;
+            uint32_t below = 0;
 #pragma unroll
-            for (int b = 0; b < 4; ++b) {
-              const unsigned bit = __ballot_sync(~0u, (count >> b) & 1u);
-              below += __popc(bit & lanes_below) << b;
-              total += __popc(bit) << b;
-            }
+            for (int b = 0; b < 5; ++b) below += __popc(__ballot_sync(~0u, (count >> b) & 1u) & lanes_below) << b;
+            const uint32_t total = __reduce_add_sync(~0u, count);
             for (uint32_t at = kept + below; mine; mine &= mine - 1, ++at)
               if (at < uint32_t(list_cap)) my_list[at] = uint16_t(first + __ffs(int(mine)) - 1);
             kept += total;
