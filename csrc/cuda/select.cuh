@@ -621,6 +621,10 @@ select_kernel(const Loader loader, const SelectParams p) {
     if (lane == 0) s_gt_before = a, s_eq_before = b;
   }
   __syncthreads();
+  // A candidate level writes its winners to global memory: this CTA has done all its reads of
+  // other CTAs' shared memory, so it arrives now and, at the end, only waits until no other may
+  // still read its own.  (Relaxed: the reads are complete, their values used.)
+  if (!p.final_level) asm volatile("barrier.cluster.arrive.relaxed.aligned;" ::: "memory");
   uint32_t gt_before = s_gt_before, eq_before = s_eq_before;
   for (int w = 0; w < warp; ++w) gt_before += s_warp_gt[w], eq_before += s_warp_eq[w];
 
@@ -660,7 +664,8 @@ select_kernel(const Loader loader, const SelectParams p) {
     eq_rank += __popc(eq_mask);
     pos += __popc(win_mask);
   }
-  cluster.sync();  // winners are in place; no CTA touches another's memory after this
+  if (p.final_level) cluster.sync();  // winners are in place; no CTA touches another's memory after this
+  else cluster.barrier_wait();
   JH_TRACE("written");
   // The sort storage may overlap the histograms and sort buffers, which lie back to back.
   if (spread) {
