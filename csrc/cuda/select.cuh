@@ -636,11 +636,31 @@ select_kernel(const Loader loader, const SelectParams p) {
   const int shift = spread ? slice_shift : 31;
   const int64_t slot = (row * p.num_segments + seg) * p.k;
   uint32_t eq_rank = eq_before, pos = gt_before + min(eq_before, remaining);
+  // Truncated keys: the full keys of the warp's next kAhead steps are loaded ahead, so that
+  // several steps' loads are in flight (loaded where used, each step waited for its own).  A
+  // warp without a survivor list (more than list_cap survivors) loads every entry's this way.
+  constexpr int kAhead = 4;
+  uint32_t ahead[kAhead];
+  if constexpr (Loader::kTruncated)
+#pragma unroll
+    for (int a = 0; a < kAhead; ++a) {
+      const int j = a * 32 + lane;
+      ahead[a] = j < w_count ? loader.full_key(row, begin + entry(j)) : 0u;
+    }
   for (int base = 0; base < w_count; base += 32) {
     const int j = base + lane;
     const bool in = j < w_count;
     const int i = in ? entry(j) : 0;
-    const uint32_t key = in ? key_at(i, threshold) : 0u;
+    uint32_t key;
+    if constexpr (Loader::kTruncated) {
+      key = ahead[0];
+#pragma unroll
+      for (int a = 0; a + 1 < kAhead; ++a) ahead[a] = ahead[a + 1];
+      const int next = j + kAhead * 32;
+      ahead[kAhead - 1] = next < w_count ? loader.full_key(row, begin + entry(next)) : 0u;
+    } else {
+      key = in ? key_at(i, threshold) : 0u;
+    }
     const bool is_eq = in && key == threshold;
     const unsigned eq_mask = __ballot_sync(~0u, is_eq);
     const bool win = in && (key > threshold || (is_eq && eq_rank + __popc(eq_mask & lanes_below) < remaining));
@@ -657,8 +677,7 @@ select_kernel(const Loader loader, const SelectParams p) {
         out_key = p.cand_keys + slot + at;
         out_idx = p.cand_idx + slot + at;
       }
-      if constexpr (Loader::kTruncated) *out_key = loader.full_key(row, begin + i);
-      else *out_key = key;
+      *out_key = key;
       *out_idx = Loader::kHasIdx ? idx[i] : int32_t(begin + i);
     }
     eq_rank += __popc(eq_mask);
