@@ -77,12 +77,13 @@ struct DsaScorer {
     const float* w = reinterpret_cast<const float*>(extra + size_t(h) * di * sizeof(T));
     const uint4* krow = reinterpret_cast<const uint4*>(keys + (row * n + begin) * di);
     // This thread's chunks of rows t0 + g and t0 + g + 8 of the tile at t0 (zeros past len).
+    const uint64_t once = evict_first_policy();
     auto load_tile = [&](int t0, uint4 (&lo)[J], uint4 (&hi)[J]) {
       const int r0 = t0 + g, r1 = t0 + g + 8;
 #pragma unroll
       for (int j = 0; j < J; ++j) {
-        lo[j] = r0 < len ? __ldg(krow + int64_t(r0) * kChunks + j * 4 + quad) : make_uint4(0, 0, 0, 0);
-        hi[j] = r1 < len ? __ldg(krow + int64_t(r1) * kChunks + j * 4 + quad) : make_uint4(0, 0, 0, 0);
+        lo[j] = r0 < len ? load_once(krow + int64_t(r0) * kChunks + j * 4 + quad, once) : make_uint4(0, 0, 0, 0);
+        hi[j] = r1 < len ? load_once(krow + int64_t(r1) * kChunks + j * 4 + quad, once) : make_uint4(0, 0, 0, 0);
       }
     };
     // The next tile's keys load while this one's mma run: waiting for each tile's HBM reads
