@@ -37,12 +37,18 @@ need_flax() {  # profile/placement: the device image has Flax; otherwise carried
   fi
 }
 step() { echo "== $1 ($(date -u +%T))"; }
+# A killed pytest prints no count: say so in its log, where the summary looks.
+note_timeout() {  # note_timeout RC VAR DEFAULT LOG
+  [ "$1" -eq 124 ] && echo "TIMED OUT: the run was stopped after ${!2:-$3} s (raise $2)" >>"$4"
+  return 0
+}
 
 lane0() {  # tests, then the decode-step profile (GPU 0 when there are two)
   if want tests; then
     step "tests"
     timeout ${TESTS_TIMEOUT:-300} python3 -m pytest "$repo/tests/test_cuda.py" "$repo/tests/test_cuda_topk.py" \
       -q -p no:cacheprovider -n 4 -rfE --durations=15 "$@" >"$logs/tests.log" 2>&1
+    note_timeout $? TESTS_TIMEOUT 300 "$logs/tests.log"
     tail -40 "$logs/tests.log"
   fi
   if want suite; then
@@ -52,6 +58,7 @@ lane0() {  # tests, then the decode-step profile (GPU 0 when there are two)
     step "whole test suite, JAX_PLATFORMS=cuda"
     timeout ${SUITE_TIMEOUT:-420} python3 -m pytest "$repo/tests" -q -p no:cacheprovider -n ${SUITE_WORKERS:-8} \
       -rfE --durations=15 "$@" >"$logs/suite.log" 2>&1
+    note_timeout $? SUITE_TIMEOUT 420 "$logs/suite.log"
     tail -60 "$logs/suite.log"
   fi
   if want profile; then
@@ -119,7 +126,7 @@ else
   lane0 "$@"
 fi
 echo "== summary ($(date -u +%FT%TZ), $(nvidia-smi --query-gpu=name --format=csv,noheader | head -1) x $gpus)"
-grep -h -E "^(=+ )?[0-9]+ (passed|failed)|passed|failed" "$logs"/tests.log "$logs"/suite.log 2>/dev/null | tail -2
+grep -h -E "^(=+ )?[0-9]+ (passed|failed)|passed|failed|^TIMED OUT" "$logs"/tests.log "$logs"/suite.log 2>/dev/null | tail -2
 [ -f "$logs/bench.log" ] && grep -A40 "^| " "$logs/bench.log" | tail -30
 [ -f "$logs/placement_repro_gpu.md" ] && tail -12 "$logs/placement_repro_gpu.md"
 tar czf "$out/logs.tgz" -C "$out" logs && rm -rf "$logs"
