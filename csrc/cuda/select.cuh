@@ -51,6 +51,13 @@ namespace cg = cooperative_groups;
 __device__ __forceinline__ void wait_for_previous_grid() { asm volatile("griddepcontrol.wait;" ::: "memory"); }
 __device__ __forceinline__ void allow_next_grid() { asm volatile("griddepcontrol.launch_dependents;" ::: "memory"); }
 
+// Arrives at the cluster barrier without cg's GPU-wide memory barrier (MEMBAR.ALL.GPU): only
+// where the arrive orders nothing, i.e. this CTA's reads of other CTAs' shared memory are
+// complete and their values used.  The matching wait is cluster.barrier_wait().
+__device__ __forceinline__ void cluster_arrive_relaxed() {
+  asm volatile("barrier.cluster.arrive.relaxed.aligned;" ::: "memory");
+}
+
 // A 16-byte read of data that this launch reads once (a top-k row, the indexer's keys), kept
 // out of L1 and evict-first in L2, so that streaming it does not push out what stays in use
 // there (the kernels' own code among it).  `policy` comes from evict_first_policy().
@@ -330,9 +337,7 @@ __device__ inline void order_across_cluster(cg::cluster_group& cluster, int sel,
   for (int at = 4 * tid; at < sel; at += 4 * kSelectThreads)  // slices are multiples of 4 long
     *reinterpret_cast<uint4*>(all + at) =
         *reinterpret_cast<const uint4*>(cluster.map_shared_rank(published, at >> shift) + (at & (slice - 1)));
-  // This CTA reads no other's shared memory after this.  Relaxed: the reads are complete (their
-  // values are stored), and cg's arrive adds a GPU-wide memory barrier (MEMBAR.ALL.GPU).
-  asm volatile("barrier.cluster.arrive.relaxed.aligned;" ::: "memory");
+  cluster_arrive_relaxed();  // this CTA reads no other's shared memory after this
   __syncthreads();
   mark("o:copy");
 
@@ -639,8 +644,8 @@ select_kernel(const Loader loader, const SelectParams p) {
   __syncthreads();
   // A candidate level writes its winners to global memory: this CTA has done all its reads of
   // other CTAs' shared memory, so it arrives now and, at the end, only waits until no other may
-  // still read its own.  (Relaxed: the reads are complete, their values used.)
-  if (!p.final_level) asm volatile("barrier.cluster.arrive.relaxed.aligned;" ::: "memory");
+  // still read its own.
+  if (!p.final_level) cluster_arrive_relaxed();
   uint32_t gt_before = s_gt_before, eq_before = s_eq_before;
   for (int w = 0; w < warp; ++w) gt_before += s_warp_gt[w], eq_before += s_warp_eq[w];
 
