@@ -431,7 +431,9 @@ select_kernel(const Loader loader, const SelectParams p) {
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int64_t cluster_id = blockIdx.x / cs;
   const int64_t row = cluster_id / p.num_segments, seg = cluster_id % p.num_segments;
-  const int64_t row_ctas = p.num_segments * cs, row_cta = seg * cs + rank;  // row merge
+  // Row merge: only loaders that one_wave_plan plans for compile it (kRowMerge).
+  const bool row_merge = Loader::kRowMerge && p.row_merge;
+  const int64_t row_ctas = p.num_segments * cs, row_cta = seg * cs + rank;
   int row_barriers = 0;
 
   const int64_t valid = loader.valid(row);
@@ -607,7 +609,7 @@ select_kernel(const Loader loader, const SelectParams p) {
         four.x += v.x, four.y += v.y, four.z += v.z, four.w += v.w;
       }
     }
-    if (p.row_merge) {
+    if (row_merge) {
       // Every CTA of the cluster has the cluster's counts; a 1/cs share of the threads adds
       // them to the row's (one atomic per non-zero bin and cluster), and after the row barrier
       // every thread reads the row's four bins.
@@ -670,17 +672,17 @@ select_kernel(const Loader loader, const SelectParams p) {
     for (int w = 0; w < kSelectWarps; ++w) a += s_warp_gt[w], b += s_warp_eq[w];
     s_cta_gt = a;
     s_cta_eq = b;
-    if (p.row_merge) {
+    if (row_merge) {
       p.row_counts[2 * (row * row_ctas + row_cta)] = a;
       p.row_counts[2 * (row * row_ctas + row_cta) + 1] = b;
     }
   }
-  if (p.row_merge) row_barrier(p.row_sync + row, row_ctas, ++row_barriers);
+  if (row_merge) row_barrier(p.row_sync + row, row_ctas, ++row_barriers);
   else cluster.sync();
   JH_TRACE("count");
   if (warp == 0) {  // entries of lower ranks (row merge: of the CTAs before this one in the row)
     uint32_t a = 0, b = 0;
-    if (p.row_merge) {
+    if (row_merge) {
       for (int64_t c = lane; c < row_cta; c += 32) {
         a += __ldcg(p.row_counts + 2 * (row * row_ctas + c));
         b += __ldcg(p.row_counts + 2 * (row * row_ctas + c) + 1);
@@ -741,7 +743,7 @@ select_kernel(const Loader loader, const SelectParams p) {
       const uint32_t at = pos + __popc(win_mask & lanes_below);
       uint32_t* out_key;
       int32_t* out_idx;
-      if (p.row_merge) {
+      if (row_merge) {
         out_key = p.row_win_keys + row * p.k + at;
         out_idx = p.row_win_idx + row * p.k + at;
       } else if (p.final_level) {
@@ -758,7 +760,7 @@ select_kernel(const Loader loader, const SelectParams p) {
     eq_rank += __popc(eq_mask);
     pos += __popc(win_mask);
   }
-  if (p.row_merge) {
+  if (row_merge) {
     // The row's first cluster orders the winners once every CTA of the row has written its
     // own; the others are done (their last reads of each other's shared memory came before the
     // count's row barrier).
@@ -842,6 +844,7 @@ __device__ inline uint32_t tile_floor(const uint32_t* hist, int64_t k) {
 struct PairLoader {
   static constexpr bool kHasIdx = true;
   static constexpr bool kTruncated = false;
+  static constexpr bool kRowMerge = false;
   using StagedKey = uint32_t;
   static constexpr int kCtasPerSm = kSelectCtasPerSm;
   __host__ __device__ size_t extra_bytes() const { return 0; }
@@ -997,6 +1000,7 @@ int max_cluster_size(int capacity, size_t extra_bytes) {
 template <class Loader>
 LevelPlan one_wave_plan(const DeviceInfo& dev, int64_t rows, int64_t entries, int64_t k, int base_capacity,
                         int capacity, size_t extra_bytes, int max_cluster) {
+  static_assert(Loader::kRowMerge, "one-wave plans with several clusters per row are row-merged");
   const size_t smem = select_smem<Loader>(capacity, extra_bytes).total;
   for (int cs = max_cluster; cs >= 2; cs /= 2) {
     const int resident = remembered(dev.device, int64_t(smem) * 64 + cs, [&] {
