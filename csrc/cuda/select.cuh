@@ -761,25 +761,26 @@ select_kernel(const Loader loader, const SelectParams p) {
     pos += __popc(win_mask);
   }
   if (row_merge) {
-    // The row's first cluster orders the winners once every CTA of the row has written its
-    // own; the others are done (their last reads of each other's shared memory came before the
-    // count's row barrier).
-    if (seg != 0) {
-      __syncthreads();
-      if (tid == 0) {
-        __threadfence();
-        atomicAdd(p.row_sync + row, 1u);
-      }
-      return;
-    }
+    // Once every CTA of the row has written its winners, each CTA places a 1/row_ctas share
+    // of them: a winner's output slot is the number of winners with a larger key, or an equal
+    // key at a lower index (an earlier position), counted by a warp over all of them.
     row_barrier(p.row_sync + row, row_ctas, ++row_barriers);
-    const int first = spread ? rank << shift : 0;
-    const int count = spread ? min(max(int(selected) - first, 0), 1 << shift) : rank == 0 ? int(selected) : 0;
-    for (int i = tid; i < count; i += kSelectThreads) {
-      sort_keys[i] = __ldcg(p.row_win_keys + row * p.k + first + i);
-      sort_idx[i] = __ldcg(p.row_win_idx + row * p.k + first + i);
-    }
+    JH_TRACE("written");
+    const int sel = int(selected);
+    for (int i = tid; i < sel; i += kSelectThreads) sort_keys[i] = __ldcg(p.row_win_keys + row * p.k + i);
+    fill_empty_slots(p, row, sel, int(row_cta) * kSelectThreads + tid, int(row_ctas) * kSelectThreads);
     __syncthreads();
+    const int first = int(sel * row_cta / row_ctas), last = int(sel * (row_cta + 1) / row_ctas);
+    for (int e = first + warp; e < last; e += kSelectWarps) {
+      const uint32_t key = sort_keys[e];
+      uint32_t before = 0;
+      for (int j = lane; j < sel; j += 32) before += sort_keys[j] > key || (sort_keys[j] == key && j < e);
+      before = __reduce_add_sync(~0u, before);
+      if (lane == 0) store_result(p, row * p.k + before, key, __ldcg(p.row_win_idx + row * p.k + e));
+    }
+    JH_TRACE("ordered");
+    JH_TRACE_END;
+    return;
   } else if (p.final_level) {
     cluster.sync();  // winners are in place; no CTA touches another's memory after this
   } else {
