@@ -201,7 +201,7 @@ def check_indexer_selection(values, indices, ref_values, scores):
 @needs("indexer_dsa")
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: jnp.dtype(d).name)
 @pytest.mark.parametrize("b,h,di,n,k", [(1, 64, 128, 131_072, 2048), (2, 64, 128, 5000, 64), (3, 4, 32, 700, 700),
-                                        (1, 16, 64, 400_000, 100),
+                                        (1, 16, 64, 400_000, 100), (2, 64, 128, 100_000, 2048),
                                         (2, 8, 64, 20_000, 3000)])  # k > 2048: relevancy, then topk
 def test_indexer_dsa(dtype, b, h, di, n, k):
     rng = np.random.default_rng(8)

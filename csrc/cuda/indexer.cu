@@ -160,6 +160,7 @@ template <class T>
 struct DsaLoader {
   static constexpr bool kHasIdx = false;
   static constexpr bool kTruncated = false;
+  static constexpr bool kRowMerge = true;  // one_wave_plan's levels (see run_levels)
   using StagedKey = uint32_t;
   static constexpr int kCtasPerSm = 1;  // the scorer's tiles fill the SM (see one_wave_plan)
   DsaScorer<T> scorer;

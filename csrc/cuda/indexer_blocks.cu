@@ -102,6 +102,7 @@ template <class T, bool kQuest>
 struct BlockLoader {
   static constexpr bool kHasIdx = false;
   static constexpr bool kTruncated = false;
+  static constexpr bool kRowMerge = false;
   using StagedKey = uint32_t;
   static constexpr int kCtasPerSm = kSelectCtasPerSm;
   BlockScorer<T, kQuest> scorer;

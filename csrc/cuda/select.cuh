@@ -80,6 +80,7 @@ constexpr int kDigitBits = 11;
 constexpr int kBins = 1 << kDigitBits;
 constexpr int kSortCap = 2048;  // largest k of the selection path
 constexpr int kMaxLevels = 4;
+constexpr int kMaxPasses = 4;  // radix passes of a truncated loader (bits 31-21, 20-16, 15-5, 4-0)
 constexpr int kRankSortMax = 256;  // final levels with at most this many winners rank them by counting
 constexpr int kMinSplitEntries = 2048;  // entries a CTA keeps when plan_level splits a row further
 constexpr int kSelectCtasPerSm = 2;     // 512 threads x 64 registers (and <= 113 KiB of shared memory)
@@ -98,6 +99,16 @@ struct SelectParams {
   int32_t* indices;       // final: [rows, k]
   uint32_t* cand_keys;    // non-final: [rows, num_segments, k]
   int32_t* cand_idx;
+  // Row merge (a final level whose row spans several clusters, all resident at once; see
+  // run_levels): the clusters of a row select over the whole row together, merging their
+  // counts through global memory behind row barriers, and the row's first cluster orders the
+  // winners.  All but the winners are zero at launch.
+  bool row_merge;
+  uint32_t* row_sync;      // [rows]: arrivals at the row's barriers so far
+  uint32_t* row_hist;      // [rows, kMaxPasses, kBins]: the row's counts per pass
+  uint32_t* row_counts;    // [rows, CTAs per row, 2]: each CTA's keys above / equal to the threshold
+  uint32_t* row_win_keys;  // [rows, k]: the winners in index order
+  int32_t* row_win_idx;
 };
 
 // Final outputs as float32 values (the indexers' scores) and int32 indices.
@@ -377,6 +388,22 @@ __device__ inline void order_across_cluster(cg::cluster_group& cluster, int sel,
   cluster.barrier_wait();  // no CTA leaves while another may read its published slice
 }
 
+// A barrier over the `ctas` CTAs of a row-merged level: `count` is this CTA's number of row
+// barriers so far, including this one, and *arrivals starts at zero.  Global writes before it
+// are visible to every CTA of the row after it (the fences, as in cg's grid barrier).  Every
+// CTA of the row must be resident, which row-merged plans ensure.
+__device__ inline void row_barrier(uint32_t* arrivals, int64_t ctas, int count) {
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    __threadfence();
+    atomicAdd(arrivals, 1u);
+    const uint64_t target = uint64_t(ctas) * count;
+    while (uint64_t(*static_cast<volatile uint32_t*>(arrivals)) < target) __nanosleep(64);
+    __threadfence();
+  }
+  __syncthreads();
+}
+
 // Every Loader says how many CTAs share an SM (kCtasPerSm, which its plans assume), and the
 // launch bounds hold ptxas to that: one CTA may take every register (ptxas kept the truncated
 // float32 kernel at 64 and spilled), two must fit in 64 each (the float32 kernel grew to 99
@@ -409,6 +436,10 @@ select_kernel(const Loader loader, const SelectParams p) {
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int64_t cluster_id = blockIdx.x / cs;
   const int64_t row = cluster_id / p.num_segments, seg = cluster_id % p.num_segments;
+  // Row merge: only loaders that one_wave_plan plans for compile it (kRowMerge).
+  const bool row_merge = Loader::kRowMerge && p.row_merge;
+  const int64_t row_ctas = p.num_segments * cs, row_cta = seg * cs + rank;
+  int row_barriers = 0;
 
   const int64_t valid = loader.valid(row);
   const int64_t seg_begin = seg * p.segment_len;
@@ -583,6 +614,20 @@ select_kernel(const Loader loader, const SelectParams p) {
         four.x += v.x, four.y += v.y, four.z += v.z, four.w += v.w;
       }
     }
+    if (row_merge) {
+      // Every CTA of the cluster has the cluster's counts; a 1/cs share of the threads adds
+      // them to the row's (one atomic per non-zero bin and cluster), and after the row barrier
+      // every thread reads the row's four bins.
+      uint32_t* row_bins = p.row_hist + (row * kMaxPasses + pass) * kBins + first_bin;
+      if (tid % cs == rank) {
+        if (four.x) atomicAdd(row_bins, four.x);
+        if (four.y) atomicAdd(row_bins + 1, four.y);
+        if (four.z) atomicAdd(row_bins + 2, four.z);
+        if (four.w) atomicAdd(row_bins + 3, four.w);
+      }
+      row_barrier(p.row_sync + row, row_ctas, ++row_barriers);
+      four = __ldcg(reinterpret_cast<const uint4*>(row_bins));
+    }
     const FourBins bins = FourBins::scan<ScanBlock>(four, scan_storage);
     if (pass == 0) {
       selected = uint32_t(min64(p.k, bins.total));
@@ -632,12 +677,25 @@ select_kernel(const Loader loader, const SelectParams p) {
     for (int w = 0; w < kSelectWarps; ++w) a += s_warp_gt[w], b += s_warp_eq[w];
     s_cta_gt = a;
     s_cta_eq = b;
+    if (row_merge) {
+      p.row_counts[2 * (row * row_ctas + row_cta)] = a;
+      p.row_counts[2 * (row * row_ctas + row_cta) + 1] = b;
+    }
   }
-  cluster.sync();
+  if (row_merge) row_barrier(p.row_sync + row, row_ctas, ++row_barriers);
+  else cluster.sync();
   JH_TRACE("count");
-  if (warp == 0) {  // entries of lower ranks: one remote read per lane
-    uint32_t a = lane < rank ? *cluster.map_shared_rank(&s_cta_gt, lane) : 0u;
-    uint32_t b = lane < rank ? *cluster.map_shared_rank(&s_cta_eq, lane) : 0u;
+  if (warp == 0) {  // entries of lower ranks (row merge: of the CTAs before this one in the row)
+    uint32_t a = 0, b = 0;
+    if (row_merge) {
+      for (int64_t c = lane; c < row_cta; c += 32) {
+        a += __ldcg(p.row_counts + 2 * (row * row_ctas + c));
+        b += __ldcg(p.row_counts + 2 * (row * row_ctas + c) + 1);
+      }
+    } else if (lane < rank) {  // one remote read per lane
+      a = *cluster.map_shared_rank(&s_cta_gt, lane);
+      b = *cluster.map_shared_rank(&s_cta_eq, lane);
+    }
     for (int o = 16; o; o >>= 1) a += __shfl_xor_sync(~0u, a, o), b += __shfl_xor_sync(~0u, b, o);
     if (lane == 0) s_gt_before = a, s_eq_before = b;
   }
@@ -690,7 +748,10 @@ select_kernel(const Loader loader, const SelectParams p) {
       const uint32_t at = pos + __popc(win_mask & lanes_below);
       uint32_t* out_key;
       int32_t* out_idx;
-      if (p.final_level) {
+      if (row_merge) {
+        out_key = p.row_win_keys + row * p.k + at;
+        out_idx = p.row_win_idx + row * p.k + at;
+      } else if (p.final_level) {
         const uint32_t to = at >> shift, in = at & ((1u << shift) - 1u);
         out_key = cluster.map_shared_rank(sort_keys + in, to);
         out_idx = cluster.map_shared_rank(sort_idx + in, to);
@@ -704,8 +765,32 @@ select_kernel(const Loader loader, const SelectParams p) {
     eq_rank += __popc(eq_mask);
     pos += __popc(win_mask);
   }
-  if (p.final_level) cluster.sync();  // winners are in place; no CTA touches another's memory after this
-  else cluster.barrier_wait();
+  if (row_merge) {
+    // Once every CTA of the row has written its winners, each CTA places a 1/row_ctas share
+    // of them: a winner's output slot is the number of winners with a larger key, or an equal
+    // key at a lower index (an earlier position), counted by a warp over all of them.
+    row_barrier(p.row_sync + row, row_ctas, ++row_barriers);
+    JH_TRACE("written");
+    const int sel = int(selected);
+    for (int i = tid; i < sel; i += kSelectThreads) sort_keys[i] = __ldcg(p.row_win_keys + row * p.k + i);
+    fill_empty_slots(p, row, sel, int(row_cta) * kSelectThreads + tid, int(row_ctas) * kSelectThreads);
+    __syncthreads();
+    const int first = int(sel * row_cta / row_ctas), last = int(sel * (row_cta + 1) / row_ctas);
+    for (int e = first + warp; e < last; e += kSelectWarps) {
+      const uint32_t key = sort_keys[e];
+      uint32_t before = 0;
+      for (int j = lane; j < sel; j += 32) before += sort_keys[j] > key || (sort_keys[j] == key && j < e);
+      before = __reduce_add_sync(~0u, before);
+      if (lane == 0) store_result(p, row * p.k + before, key, __ldcg(p.row_win_idx + row * p.k + e));
+    }
+    JH_TRACE("ordered");
+    JH_TRACE_END;
+    return;
+  } else if (p.final_level) {
+    cluster.sync();  // winners are in place; no CTA touches another's memory after this
+  } else {
+    cluster.barrier_wait();
+  }
   JH_TRACE("written");
   // The sort storage may overlap the histograms and sort buffers, which lie back to back.
   if (spread) {
@@ -765,6 +850,7 @@ __device__ inline uint32_t tile_floor(const uint32_t* hist, int64_t k) {
 struct PairLoader {
   static constexpr bool kHasIdx = true;
   static constexpr bool kTruncated = false;
+  static constexpr bool kRowMerge = false;
   using StagedKey = uint32_t;
   static constexpr int kCtasPerSm = kSelectCtasPerSm;
   __host__ __device__ size_t extra_bytes() const { return 0; }
@@ -818,6 +904,7 @@ struct LevelPlan {
   int per_cta = 0;
   int64_t num_segments = 1;
   int64_t segment_len = 0;
+  bool one_wave = false;  // every cluster of every row is resident at once (one_wave_plan)
 };
 
 // Plans one level over rows x entries with `capacity` keys per CTA and clusters of at most
@@ -919,6 +1006,7 @@ int max_cluster_size(int capacity, size_t extra_bytes) {
 template <class Loader>
 LevelPlan one_wave_plan(const DeviceInfo& dev, int64_t rows, int64_t entries, int64_t k, int base_capacity,
                         int capacity, size_t extra_bytes, int max_cluster) {
+  static_assert(Loader::kRowMerge, "one-wave plans with several clusters per row are row-merged");
   const size_t smem = select_smem<Loader>(capacity, extra_bytes).total;
   for (int cs = max_cluster; cs >= 2; cs /= 2) {
     const int resident = remembered(dev.device, int64_t(smem) * 64 + cs, [&] {
@@ -937,6 +1025,7 @@ LevelPlan one_wave_plan(const DeviceInfo& dev, int64_t rows, int64_t entries, in
     plan.per_cta = int(per_cta);
     plan.segment_len = cs * per_cta;
     plan.num_segments = (entries + plan.segment_len - 1) / plan.segment_len;
+    plan.one_wave = true;
     return plan;
   }
   return plan_level(rows, entries, base_capacity, std::min(max_cluster, 8), kSelectCtasPerSm * dev.sms,
@@ -944,6 +1033,30 @@ LevelPlan one_wave_plan(const DeviceInfo& dev, int64_t rows, int64_t entries, in
 }
 
 constexpr int kPairCapacity = 8192;  // keys + indices per CTA for candidates (64 KiB)
+
+// One level whose row spans several clusters, all resident at once: the clusters merge their
+// counts through global memory (SelectParams::row_merge), so no candidate level follows.
+template <class LaunchFirst>
+ffi::Error run_row_merged(const char* op, cudaStream_t stream, ffi::ScratchAllocator& scratch, const LevelPlan& plan,
+                          const LaunchFirst& launch_first, int64_t rows, SelectParams p) {
+  const size_t row_ctas = size_t(plan.num_segments) * plan.cluster;
+  const size_t sync_bytes = size_t(rows) * 4, hist_bytes = size_t(rows) * kMaxPasses * kBins * 4;
+  const size_t counts_bytes = size_t(rows) * row_ctas * 2 * 4, win_bytes = size_t(rows) * p.k * 4;
+  ScratchArena arena;
+  for (size_t bytes : {sync_bytes, hist_bytes, counts_bytes, win_bytes, win_bytes}) arena.reserve(bytes);
+  JH_RETURN_IF_ERROR(arena.allocate(op, scratch));
+  p.row_merge = true;
+  p.final_level = true;
+  p.row_sync = arena.take<uint32_t>(sync_bytes);
+  p.row_hist = arena.take<uint32_t>(hist_bytes);
+  p.row_counts = arena.take<uint32_t>(counts_bytes);
+  p.row_win_keys = arena.take<uint32_t>(win_bytes);
+  p.row_win_idx = arena.take<int32_t>(win_bytes);
+  // The arena's parts lie back to back: one memset zeroes the barrier counts, histograms and counts.
+  const size_t zeroed = reinterpret_cast<char*>(p.row_win_keys) - reinterpret_cast<char*>(p.row_sync);
+  JH_CUDA_CHECK(op, cudaMemsetAsync(p.row_sync, 0, zeroed, stream));
+  return launch_first(p);
+}
 
 // Runs level 0, which launch_first(p) starts with the geometry first_plan, then candidate
 // levels until one segment per row remains.  `lengths` are the valid entries per row of the n
@@ -954,6 +1067,7 @@ ffi::Error run_levels(const char* op, cudaStream_t stream, ffi::ScratchAllocator
                       int64_t rows, int64_t n, SelectParams p, const DeviceInfo& dev) {
   const int pair_cluster = remembered(dev.device, 0, [] { return max_cluster_size<PairLoader>(kPairCapacity, 0); });
   const int64_t k = p.k;
+  if (first_plan.one_wave && first_plan.num_segments > 1) return run_row_merged(op, stream, scratch, first_plan, launch_first, rows, p);
 
   // Plan every level first so scratch is allocated once.
   LevelPlan plans[kMaxLevels];

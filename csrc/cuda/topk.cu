@@ -27,6 +27,7 @@ template <class T, class Staged = std::conditional_t<sizeof(T) == 2, uint16_t, u
 struct RawLoader {
   static constexpr bool kHasIdx = false;
   static constexpr bool kTruncated = sizeof(T) > sizeof(Staged);
+  static constexpr bool kRowMerge = false;
   using StagedKey = Staged;
   // 16-bit staged keys: up to 65,536 per CTA, in 128 KiB of shared memory.
   static constexpr int kCtasPerSm = sizeof(Staged) == 2 ? 1 : kSelectCtasPerSm;
