@@ -101,13 +101,14 @@ struct SelectParams {
   int32_t* cand_idx;
   // Row merge (a final level whose row spans several clusters, all resident at once; see
   // run_levels): the clusters of a row select over the whole row together, merging their
-  // counts through global memory behind row barriers, and the row's first cluster orders the
-  // winners.  All but the winners are zero at launch.
+  // counts through global memory behind row barriers, and every CTA of the row places a share
+  // of the winners.  All but the winners are zero at launch.
   bool row_merge;
   uint32_t* row_sync;      // [rows]: arrivals at the row's barriers so far
+  uint32_t* row_fill;      // [rows]: winner slots reserved so far (when every tie wins)
   uint32_t* row_hist;      // [rows, kMaxPasses, kBins]: the row's counts per pass
-  uint32_t* row_counts;    // [rows, CTAs per row, 2]: each CTA's keys above / equal to the threshold
-  uint32_t* row_win_keys;  // [rows, k]: the winners in index order
+  uint2* row_counts;       // [rows, CTAs per row]: each CTA's keys above / equal to the threshold
+  uint32_t* row_win_keys;  // [rows, k]: the winners, each CTA's in index order
   int32_t* row_win_idx;
 };
 
@@ -655,6 +656,9 @@ select_kernel(const Loader loader, const SelectParams p) {
   // Entries > threshold all win, and the first `remaining` entries equal to it.
   const uint32_t threshold = whole_bin ? prefix - 1 : prefix;
   if (whole_bin) remaining = 0;  // no tie wins (entries equal to prefix - 1 need not be listed)
+  // Every entry equal to the threshold wins, or none does (uniform over the row): no CTA needs
+  // the counts of those before it (see the row merge below).
+  const bool all_ties_win = selected == 0 || s_bin_full;
 
   // Count, per warp sequence, the entries above and equal to the threshold.  Every winner has a
   // key >= pass 0's `prefix`, so the survivor lists hold them all (with whole_bin, entries equal
@@ -677,20 +681,28 @@ select_kernel(const Loader loader, const SelectParams p) {
     for (int w = 0; w < kSelectWarps; ++w) a += s_warp_gt[w], b += s_warp_eq[w];
     s_cta_gt = a;
     s_cta_eq = b;
-    if (row_merge) {
-      p.row_counts[2 * (row * row_ctas + row_cta)] = a;
-      p.row_counts[2 * (row * row_ctas + row_cta) + 1] = b;
-    }
+    if (row_merge && !all_ties_win) p.row_counts[row * row_ctas + row_cta] = make_uint2(a, b);
   }
-  if (row_merge) row_barrier(p.row_sync + row, row_ctas, ++row_barriers);
-  else cluster.sync();
+  if (!row_merge) cluster.sync();
+  else if (!all_ties_win) row_barrier(p.row_sync + row, row_ctas, ++row_barriers);
   JH_TRACE("count");
   if (warp == 0) {  // entries of lower ranks (row merge: of the CTAs before this one in the row)
     uint32_t a = 0, b = 0;
-    if (row_merge) {
-      for (int64_t c = lane; c < row_cta; c += 32) {
-        a += __ldcg(p.row_counts + 2 * (row * row_ctas + c));
-        b += __ldcg(p.row_counts + 2 * (row * row_ctas + c) + 1);
+    if (row_merge && all_ties_win) {
+      // Every winner is known without the other CTAs' counts: this CTA takes the next free
+      // slots of the row (the row's winners are then in index order per CTA only).
+      if (lane == 0) a = atomicAdd(p.row_fill + row, s_cta_gt + (remaining ? s_cta_eq : 0u));
+    } else if (row_merge) {
+      // Up to 128 CTAs' counts per step, loaded together.
+      for (int64_t c0 = 0; c0 < row_cta; c0 += 128) {
+        uint2 v[4];
+#pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          const int64_t c = c0 + 32 * u + lane;
+          v[u] = c < row_cta ? __ldcg(p.row_counts + row * row_ctas + c) : make_uint2(0, 0);
+        }
+#pragma unroll
+        for (int u = 0; u < 4; ++u) a += v[u].x, b += v[u].y;
       }
     } else if (lane < rank) {  // one remote read per lane
       a = *cluster.map_shared_rank(&s_cta_gt, lane);
@@ -768,20 +780,24 @@ select_kernel(const Loader loader, const SelectParams p) {
   if (row_merge) {
     // Once every CTA of the row has written its winners, each CTA places a 1/row_ctas share
     // of them: a winner's output slot is the number of winners with a larger key, or an equal
-    // key at a lower index (an earlier position), counted by a warp over all of them.
+    // key and a lower index, counted by a warp over all of them.
     row_barrier(p.row_sync + row, row_ctas, ++row_barriers);
     JH_TRACE("written");
     const int sel = int(selected);
-    for (int i = tid; i < sel; i += kSelectThreads) sort_keys[i] = __ldcg(p.row_win_keys + row * p.k + i);
+    const uint32_t* win_keys = p.row_win_keys + row * p.k;
+    const int32_t* win_idx = p.row_win_idx + row * p.k;
+#pragma unroll 4
+    for (int i = tid; i < sel; i += kSelectThreads) sort_keys[i] = __ldcg(win_keys + i), sort_idx[i] = __ldcg(win_idx + i);
     fill_empty_slots(p, row, sel, int(row_cta) * kSelectThreads + tid, int(row_ctas) * kSelectThreads);
     __syncthreads();
     const int first = int(sel * row_cta / row_ctas), last = int(sel * (row_cta + 1) / row_ctas);
     for (int e = first + warp; e < last; e += kSelectWarps) {
       const uint32_t key = sort_keys[e];
+      const int32_t id = sort_idx[e];
       uint32_t before = 0;
-      for (int j = lane; j < sel; j += 32) before += sort_keys[j] > key || (sort_keys[j] == key && j < e);
+      for (int j = lane; j < sel; j += 32) before += sort_keys[j] > key || (sort_keys[j] == key && sort_idx[j] < id);
       before = __reduce_add_sync(~0u, before);
-      if (lane == 0) store_result(p, row * p.k + before, key, __ldcg(p.row_win_idx + row * p.k + e));
+      if (lane == 0) store_result(p, row * p.k + before, key, id);
     }
     JH_TRACE("ordered");
     JH_TRACE_END;
@@ -1041,18 +1057,19 @@ ffi::Error run_row_merged(const char* op, cudaStream_t stream, ffi::ScratchAlloc
                           const LaunchFirst& launch_first, int64_t rows, SelectParams p) {
   const size_t row_ctas = size_t(plan.num_segments) * plan.cluster;
   const size_t sync_bytes = size_t(rows) * 4, hist_bytes = size_t(rows) * kMaxPasses * kBins * 4;
-  const size_t counts_bytes = size_t(rows) * row_ctas * 2 * 4, win_bytes = size_t(rows) * p.k * 4;
+  const size_t counts_bytes = size_t(rows) * row_ctas * 8, win_bytes = size_t(rows) * p.k * 4;
   ScratchArena arena;
-  for (size_t bytes : {sync_bytes, hist_bytes, counts_bytes, win_bytes, win_bytes}) arena.reserve(bytes);
+  for (size_t bytes : {sync_bytes, sync_bytes, hist_bytes, counts_bytes, win_bytes, win_bytes}) arena.reserve(bytes);
   JH_RETURN_IF_ERROR(arena.allocate(op, scratch));
   p.row_merge = true;
   p.final_level = true;
   p.row_sync = arena.take<uint32_t>(sync_bytes);
+  p.row_fill = arena.take<uint32_t>(sync_bytes);
   p.row_hist = arena.take<uint32_t>(hist_bytes);
-  p.row_counts = arena.take<uint32_t>(counts_bytes);
+  p.row_counts = arena.take<uint2>(counts_bytes);
   p.row_win_keys = arena.take<uint32_t>(win_bytes);
   p.row_win_idx = arena.take<int32_t>(win_bytes);
-  // The arena's parts lie back to back: one memset zeroes the barrier counts, histograms and counts.
+  // The arena's parts lie back to back: one memset zeroes the barrier and slot counts, histograms and counts.
   const size_t zeroed = reinterpret_cast<char*>(p.row_win_keys) - reinterpret_cast<char*>(p.row_sync);
   JH_CUDA_CHECK(op, cudaMemsetAsync(p.row_sync, 0, zeroed, stream));
   return launch_first(p);
