@@ -225,6 +225,21 @@ def test_indexer_dsa_zero_scores_tie_to_lower_index():
     np.testing.assert_array_equal(np.asarray(values), 0)
 
 
+@needs("indexer_dsa")
+@pytest.mark.parametrize("groups", [7, 50])
+def test_indexer_dsa_ties_across_a_row_in_index_order(groups):
+    # Tokens repeat `groups` key vectors, so scores tie in groups of n / groups: the top 2048
+    # cut one group (the first with 7, the second with 50) across the many CTAs of a row.
+    b, h, di, n, k = 2, 64, 128, 100_000, 2048
+    q, keys, w = dsa_inputs(np.random.default_rng(12), b, h, di, groups, jnp.bfloat16)
+    keys = jnp.tile(keys, (1, -(-n // groups), 1))[:, :n]
+    lengths = jnp.asarray([n, 77_777], jnp.int32)
+    values, indices = jh.indexer(q, keys, k, kind="dsa", weights=w, lengths=lengths, backend="cuda")
+    ref_values, ref_indices = jh.indexer(q, keys, k, kind="dsa", weights=w, lengths=lengths, backend="xla")
+    np.testing.assert_array_equal(np.asarray(indices), np.asarray(ref_indices))
+    np.testing.assert_allclose(np.asarray(values), np.asarray(ref_values), rtol=1e-5)
+
+
 def block_memory(kind, lo, hi):
     return (lo, hi) if kind == "quest" else lo
 

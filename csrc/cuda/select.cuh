@@ -104,8 +104,8 @@ struct SelectParams {
   // counts through global memory behind row barriers, and every CTA of the row places a share
   // of the winners.  All but the winners are zero at launch.
   bool row_merge;
-  uint32_t* row_sync;      // [rows]: arrivals at the row's barriers so far
-  uint32_t* row_fill;      // [rows]: winner slots reserved so far (when every tie wins)
+  // (One field more changes the SASS of every top-k kernel, so the barrier and slot counts share one.)
+  uint32_t* row_sync;      // [rows, 2]: arrivals at the row's barriers so far, winner slots taken
   uint32_t* row_hist;      // [rows, kMaxPasses, kBins]: the row's counts per pass
   uint2* row_counts;       // [rows, CTAs per row]: each CTA's keys above / equal to the threshold
   uint32_t* row_win_keys;  // [rows, k]: the winners, each CTA's in index order
@@ -626,7 +626,7 @@ select_kernel(const Loader loader, const SelectParams p) {
         if (four.z) atomicAdd(row_bins + 2, four.z);
         if (four.w) atomicAdd(row_bins + 3, four.w);
       }
-      row_barrier(p.row_sync + row, row_ctas, ++row_barriers);
+      row_barrier(p.row_sync + 2 * row, row_ctas, ++row_barriers);
       four = __ldcg(reinterpret_cast<const uint4*>(row_bins));
     }
     const FourBins bins = FourBins::scan<ScanBlock>(four, scan_storage);
@@ -684,14 +684,14 @@ select_kernel(const Loader loader, const SelectParams p) {
     if (row_merge && !all_ties_win) p.row_counts[row * row_ctas + row_cta] = make_uint2(a, b);
   }
   if (!row_merge) cluster.sync();
-  else if (!all_ties_win) row_barrier(p.row_sync + row, row_ctas, ++row_barriers);
+  else if (!all_ties_win) row_barrier(p.row_sync + 2 * row, row_ctas, ++row_barriers);
   JH_TRACE("count");
   if (warp == 0) {  // entries of lower ranks (row merge: of the CTAs before this one in the row)
     uint32_t a = 0, b = 0;
     if (row_merge && all_ties_win) {
       // Every winner is known without the other CTAs' counts: this CTA takes the next free
       // slots of the row (the row's winners are then in index order per CTA only).
-      if (lane == 0) a = atomicAdd(p.row_fill + row, s_cta_gt + (remaining ? s_cta_eq : 0u));
+      if (lane == 0) a = atomicAdd(p.row_sync + 2 * row + 1, s_cta_gt + (remaining ? s_cta_eq : 0u));
     } else if (row_merge) {
       // Up to 128 CTAs' counts per step, loaded together.
       for (int64_t c0 = 0; c0 < row_cta; c0 += 128) {
@@ -781,7 +781,7 @@ select_kernel(const Loader loader, const SelectParams p) {
     // Once every CTA of the row has written its winners, each CTA places a 1/row_ctas share
     // of them: a winner's output slot is the number of winners with a larger key, or an equal
     // key and a lower index, counted by a warp over all of them.
-    row_barrier(p.row_sync + row, row_ctas, ++row_barriers);
+    row_barrier(p.row_sync + 2 * row, row_ctas, ++row_barriers);
     JH_TRACE("written");
     const int sel = int(selected);
     const uint32_t* win_keys = p.row_win_keys + row * p.k;
@@ -1056,15 +1056,14 @@ template <class LaunchFirst>
 ffi::Error run_row_merged(const char* op, cudaStream_t stream, ffi::ScratchAllocator& scratch, const LevelPlan& plan,
                           const LaunchFirst& launch_first, int64_t rows, SelectParams p) {
   const size_t row_ctas = size_t(plan.num_segments) * plan.cluster;
-  const size_t sync_bytes = size_t(rows) * 4, hist_bytes = size_t(rows) * kMaxPasses * kBins * 4;
+  const size_t sync_bytes = size_t(rows) * 8, hist_bytes = size_t(rows) * kMaxPasses * kBins * 4;
   const size_t counts_bytes = size_t(rows) * row_ctas * 8, win_bytes = size_t(rows) * p.k * 4;
   ScratchArena arena;
-  for (size_t bytes : {sync_bytes, sync_bytes, hist_bytes, counts_bytes, win_bytes, win_bytes}) arena.reserve(bytes);
+  for (size_t bytes : {sync_bytes, hist_bytes, counts_bytes, win_bytes, win_bytes}) arena.reserve(bytes);
   JH_RETURN_IF_ERROR(arena.allocate(op, scratch));
   p.row_merge = true;
   p.final_level = true;
   p.row_sync = arena.take<uint32_t>(sync_bytes);
-  p.row_fill = arena.take<uint32_t>(sync_bytes);
   p.row_hist = arena.take<uint32_t>(hist_bytes);
   p.row_counts = arena.take<uint2>(counts_bytes);
   p.row_win_keys = arena.take<uint32_t>(win_bytes);
