@@ -964,15 +964,23 @@ ffi::Error launch_select(const char* op, cudaStream_t stream, const Loader& load
   cfg.blockDim = dim3(kSelectThreads);
   cfg.dynamicSmemBytes = lay.total;
   cfg.stream = stream;
-  cudaLaunchAttribute attr[2];
+  cudaLaunchAttribute attr[3];
   attr[0].id = cudaLaunchAttributeClusterDimension;
   attr[0].val.clusterDim.x = unsigned(plan.cluster);
   attr[0].val.clusterDim.y = 1;
   attr[0].val.clusterDim.z = 1;
-  attr[1].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr[1].val.programmaticStreamSerializationAllowed = 1;
   cfg.attrs = attr;
-  cfg.numAttrs = candidate_level ? 2 : 1;
+  cfg.numAttrs = 1;
+  if (candidate_level) {
+    attr[cfg.numAttrs].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[cfg.numAttrs++].val.programmaticStreamSerializationAllowed = 1;
+  }
+  if (p.row_merge) {
+    // The row's CTAs wait for each other: a cooperative launch has the driver guarantee that
+    // they are all resident at once (or fail the launch), which the plan only expects.
+    attr[cfg.numAttrs].id = cudaLaunchAttributeCooperative;
+    attr[cfg.numAttrs++].val.cooperative = 1;
+  }
   JH_CUDA_CHECK(op, cudaLaunchKernelEx(&cfg, kernel, loader, p));
   return ffi::Error::Success();
 }
