@@ -105,7 +105,7 @@ struct SelectParams {
   // of the winners.  All but the winners are zero at launch.
   bool row_merge;
   // (One field more changes the SASS of every top-k kernel, so the barrier and slot counts share one.)
-  uint32_t* row_sync;      // [rows, 2]: arrivals at the row's barriers so far, winner slots taken
+  uint32_t* row_sync;      // [rows, 64]: arrivals at the row's barriers so far ([r, 0]), winner slots taken ([r, 32])
   uint32_t* row_hist;      // [rows, kMaxPasses, kBins]: the row's counts per pass
   uint2* row_counts;       // [rows, CTAs per row]: each CTA's keys above / equal to the threshold
   uint32_t* row_win_keys;  // [rows, k]: the winners, each CTA's in index order
@@ -626,7 +626,7 @@ select_kernel(const Loader loader, const SelectParams p) {
         if (four.z) atomicAdd(row_bins + 2, four.z);
         if (four.w) atomicAdd(row_bins + 3, four.w);
       }
-      row_barrier(p.row_sync + 2 * row, row_ctas, ++row_barriers);
+      row_barrier(p.row_sync + 64 * row, row_ctas, ++row_barriers);
       four = __ldcg(reinterpret_cast<const uint4*>(row_bins));
     }
     const FourBins bins = FourBins::scan<ScanBlock>(four, scan_storage);
@@ -684,14 +684,14 @@ select_kernel(const Loader loader, const SelectParams p) {
     if (row_merge && !all_ties_win) p.row_counts[row * row_ctas + row_cta] = make_uint2(a, b);
   }
   if (!row_merge) cluster.sync();
-  else if (!all_ties_win) row_barrier(p.row_sync + 2 * row, row_ctas, ++row_barriers);
+  else if (!all_ties_win) row_barrier(p.row_sync + 64 * row, row_ctas, ++row_barriers);
   JH_TRACE("count");
   if (warp == 0) {  // entries of lower ranks (row merge: of the CTAs before this one in the row)
     uint32_t a = 0, b = 0;
     if (row_merge && all_ties_win) {
       // Every winner is known without the other CTAs' counts: this CTA takes the next free
       // slots of the row (the row's winners are then in index order per CTA only).
-      if (lane == 0) a = atomicAdd(p.row_sync + 2 * row + 1, s_cta_gt + (remaining ? s_cta_eq : 0u));
+      if (lane == 0) a = atomicAdd(p.row_sync + 64 * row + 32, s_cta_gt + (remaining ? s_cta_eq : 0u));
     } else if (row_merge) {
       // Up to 128 CTAs' counts per step, loaded together.
       for (int64_t c0 = 0; c0 < row_cta; c0 += 128) {
@@ -781,23 +781,26 @@ select_kernel(const Loader loader, const SelectParams p) {
     // Once every CTA of the row has written its winners, each CTA places a 1/row_ctas share
     // of them: a winner's output slot is the number of winners with a larger key, or an equal
     // key and a lower index, counted by a warp over all of them.
-    row_barrier(p.row_sync + 2 * row, row_ctas, ++row_barriers);
+    row_barrier(p.row_sync + 64 * row, row_ctas, ++row_barriers);
     JH_TRACE("written");
+    // Each winner as key << 32 | ~index, so that one 64-bit comparison ranks it (the sort
+    // keys and indices lie back to back: room for kSortCap of these).
     const int sel = int(selected);
     const uint32_t* win_keys = p.row_win_keys + row * p.k;
     const int32_t* win_idx = p.row_win_idx + row * p.k;
+    uint64_t* ranked = reinterpret_cast<uint64_t*>(sort_keys);
 #pragma unroll 4
-    for (int i = tid; i < sel; i += kSelectThreads) sort_keys[i] = __ldcg(win_keys + i), sort_idx[i] = __ldcg(win_idx + i);
+    for (int i = tid; i < sel; i += kSelectThreads)
+      ranked[i] = uint64_t(__ldcg(win_keys + i)) << 32 | ~uint32_t(__ldcg(win_idx + i));
     fill_empty_slots(p, row, sel, int(row_cta) * kSelectThreads + tid, int(row_ctas) * kSelectThreads);
     __syncthreads();
     const int first = int(sel * row_cta / row_ctas), last = int(sel * (row_cta + 1) / row_ctas);
     for (int e = first + warp; e < last; e += kSelectWarps) {
-      const uint32_t key = sort_keys[e];
-      const int32_t id = sort_idx[e];
+      const uint64_t mine = ranked[e];
       uint32_t before = 0;
-      for (int j = lane; j < sel; j += 32) before += sort_keys[j] > key || (sort_keys[j] == key && sort_idx[j] < id);
+      for (int j = lane; j < sel; j += 32) before += ranked[j] > mine;
       before = __reduce_add_sync(~0u, before);
-      if (lane == 0) store_result(p, row * p.k + before, key, id);
+      if (lane == 0) store_result(p, row * p.k + before, uint32_t(mine >> 32), int32_t(~uint32_t(mine)));
     }
     JH_TRACE("ordered");
     JH_TRACE_END;
@@ -1064,7 +1067,7 @@ template <class LaunchFirst>
 ffi::Error run_row_merged(const char* op, cudaStream_t stream, ffi::ScratchAllocator& scratch, const LevelPlan& plan,
                           const LaunchFirst& launch_first, int64_t rows, SelectParams p) {
   const size_t row_ctas = size_t(plan.num_segments) * plan.cluster;
-  const size_t sync_bytes = size_t(rows) * 8, hist_bytes = size_t(rows) * kMaxPasses * kBins * 4;
+  const size_t sync_bytes = size_t(rows) * 256, hist_bytes = size_t(rows) * kMaxPasses * kBins * 4;
   const size_t counts_bytes = size_t(rows) * row_ctas * 8, win_bytes = size_t(rows) * p.k * 4;
   ScratchArena arena;
   for (size_t bytes : {sync_bytes, hist_bytes, counts_bytes, win_bytes, win_bytes}) arena.reserve(bytes);
