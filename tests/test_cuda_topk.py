@@ -131,6 +131,19 @@ def test_topk_order_across_cluster(pattern, dtype):
             check_many(scores, (1025, 2048), np.full(rows, length, np.int32))
 
 
+@pytest.mark.parametrize("pattern", PATTERNS)
+def test_topk_row_merged_level(pattern):
+    # float32 rows too long for one wave of 65,536 truncated keys per CTA, and with k too large
+    # for the streaming level, run as one row-merged level (select.cuh, SelectParams::row_merge):
+    # one row of 9M over clusters of 16, two rows of 4.5M over clusters of 8.  Lengths below n
+    # and below k leave CTAs empty and slots unfilled.
+    rng = np.random.default_rng(31)
+    for rows, n, lengths in ((1, 9_000_000, (8_765_433,)), (2, 4_500_000, (4_500_000, 1000))):
+        scores = jnp.asarray(pattern_rows(pattern, rows, n, rng))
+        check_many(scores, (1536, 2048))
+        check_many(scores, (2048,), np.array(lengths, np.int32))
+
+
 # The streaming level (csrc/cuda/filter_select.cuh) takes rows with at least max(64 k, 8192)
 # entries per chunk when the chunks fill at least half the GPU's CTA slots (264 on an H100 or
 # H200); the shapes below are chosen to take it there.

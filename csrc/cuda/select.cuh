@@ -482,10 +482,13 @@ select_kernel(const Loader loader, const SelectParams p) {
   const int w_begin = min(len, warp * warp_len), w_end = min(len, w_begin + warp_len);
   const unsigned lanes_below = (1u << lane) - 1u;
   uint16_t* my_list = reinterpret_cast<uint16_t*>(smem + lay.list) + warp * list_cap;
+  // List slots are 16-bit: entries of the CTA, or, where a CTA may hold more than 65,536
+  // (row-merged loaders), of the warp's range.
+  const int list_base = Loader::kRowMerge ? w_begin : 0;
   bool use_list = false;
   int w_count = w_end - w_begin;
   // Position j < w_count of this warp's sequence -> entry of the CTA.
-  auto entry = [&](int j) { return use_list ? int(my_list[j]) : w_begin + j; };
+  auto entry = [&](int j) { return use_list ? list_base + int(my_list[j]) : w_begin + j; };
 
   // Radix passes: find the key T of the k'-th largest entry (k' = min(k, valid entries)).
   uint32_t prefix = 0, prefix_mask = 0, remaining = 0, selected = 0;
@@ -537,7 +540,7 @@ select_kernel(const Loader loader, const SelectParams p) {
             for (int b = 0; b < 5; ++b) below += __popc(__ballot_sync(~0u, (count >> b) & 1u) & lanes_below) << b;
             const uint32_t total = __reduce_add_sync(~0u, count);
             for (uint32_t at = kept + below; mine; mine &= mine - 1, ++at)
-              if (at < uint32_t(list_cap)) my_list[at] = uint16_t(first + __ffs(int(mine)) - 1);
+              if (at < uint32_t(list_cap)) my_list[at] = uint16_t(first - list_base + __ffs(int(mine)) - 1);
             kept += total;
           }
         } else {
@@ -558,7 +561,7 @@ select_kernel(const Loader loader, const SelectParams p) {
             }
 #pragma unroll
             for (int q = 0; q < 4; ++q) {
-              if (keep[q] && at < uint32_t(list_cap)) my_list[at] = uint16_t(first + q);
+              if (keep[q] && at < uint32_t(list_cap)) my_list[at] = uint16_t(first - list_base + q);
               at += keep[q] ? 1u : 0u;
             }
           }
@@ -570,14 +573,14 @@ select_kernel(const Loader loader, const SelectParams p) {
         __syncwarp();  // the lanes' list entries are visible
         const bool listed = kept <= uint32_t(list_cap);
         for (int j = lane; j < (listed ? int(kept) : w_end - w_begin); j += 32) {
-          const int i = listed ? int(my_list[j]) : w_begin + j;
+          const int i = listed ? list_base + int(my_list[j]) : w_begin + j;
           const uint32_t key = order_key(keys[i]);
           count_digit(key);
         }
         if (lane == 0) s_list_count[warp] = kept;  // read after the cluster.sync below
       } else if (use_list) {
         for (int j = lane; j < w_count; j += 32) {
-          const uint32_t key = key_at(my_list[j], prefix);
+          const uint32_t key = key_at(list_base + int(my_list[j]), prefix);
           count_digit(key);
         }
       } else {
@@ -794,13 +797,24 @@ select_kernel(const Loader loader, const SelectParams p) {
       ranked[i] = uint64_t(__ldcg(win_keys + i)) << 32 | ~uint32_t(__ldcg(win_idx + i));
     fill_empty_slots(p, row, sel, int(row_cta) * kSelectThreads + tid, int(row_ctas) * kSelectThreads);
     __syncthreads();
+    // A warp counts for two winners per sweep over them all (winners past `last` count
+    // nothing and are not stored): one sweep for up to 32 winners per CTA.
     const int first = int(sel * row_cta / row_ctas), last = int(sel * (row_cta + 1) / row_ctas);
-    for (int e = first + warp; e < last; e += kSelectWarps) {
-      const uint64_t mine = ranked[e];
-      uint32_t before = 0;
-      for (int j = lane; j < sel; j += 32) before += ranked[j] > mine;
-      before = __reduce_add_sync(~0u, before);
-      if (lane == 0) store_result(p, row * p.k + before, uint32_t(mine >> 32), int32_t(~uint32_t(mine)));
+    for (int e0 = first + warp; e0 < last; e0 += 2 * kSelectWarps) {
+      const int e1 = e0 + kSelectWarps;
+      const uint64_t mine0 = ranked[e0], mine1 = e1 < last ? ranked[e1] : ~0ull;
+      uint32_t before0 = 0, before1 = 0;
+      for (int j = lane; j < sel; j += 32) {
+        const uint64_t other = ranked[j];
+        before0 += other > mine0;
+        before1 += other > mine1;
+      }
+      before0 = __reduce_add_sync(~0u, before0);
+      before1 = __reduce_add_sync(~0u, before1);
+      if (lane == 0) {
+        store_result(p, row * p.k + before0, uint32_t(mine0 >> 32), int32_t(~uint32_t(mine0)));
+        if (e1 < last) store_result(p, row * p.k + before1, uint32_t(mine1 >> 32), int32_t(~uint32_t(mine1)));
+      }
     }
     JH_TRACE("ordered");
     JH_TRACE_END;

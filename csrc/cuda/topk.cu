@@ -20,14 +20,18 @@ constexpr int kRawCapacity = sizeof(Staged) == 2 ? 65536 : 16384;
 // Raw rows are split over a cluster only while every CTA keeps 8192 keys: one CTA per row of
 // 64 x 8192 k=256 took 16.5 us against 24.2 us for clusters of 4 (H200, 2026-11-28).
 constexpr int kRawMinPerCta = 8192;
+// Truncated keys per CTA of a row-merged launch (216 KiB of shared memory): a row that 65,536
+// per CTA cannot cover in one wave, such as 1 x 10M on 112 CTAs, runs as one level.
+constexpr int kRowMergeCapacity = 90112;
 
 // Raw scores; keys staged in 16 bits for 16-bit inputs, and for float32 inputs truncated to their
-// upper 16 bits when Staged is uint16_t (see select_kernel).
-template <class T, class Staged = std::conditional_t<sizeof(T) == 2, uint16_t, uint32_t>>
+// upper 16 bits when Staged is uint16_t (see select_kernel).  RowMerge: planned by one_wave_plan,
+// the row's clusters select together (SelectParams::row_merge).
+template <class T, class Staged = std::conditional_t<sizeof(T) == 2, uint16_t, uint32_t>, bool RowMerge = false>
 struct RawLoader {
   static constexpr bool kHasIdx = false;
   static constexpr bool kTruncated = sizeof(T) > sizeof(Staged);
-  static constexpr bool kRowMerge = false;
+  static constexpr bool kRowMerge = RowMerge;
   using StagedKey = Staged;
   // 16-bit staged keys: up to 65,536 per CTA, in 128 KiB of shared memory.
   static constexpr int kCtasPerSm = sizeof(Staged) == 2 ? 1 : kSelectCtasPerSm;
@@ -261,6 +265,15 @@ ffi::Error topk_select(cudaStream_t stream, ffi::ScratchAllocator& scratch, cons
       const LevelPlan narrow = truncated.plan(rows, n);
       if (truncated.waves(rows, narrow) == 1 && (!full_one_wave || narrow.num_segments == 1))
         return truncated.run(stream, scratch, x, lengths, rows, n, p, narrow);
+      // Rows that no wave covers that way (1 x 10M): one row-merged level, when one wave of up
+      // to kRowMergeCapacity keys per CTA holds them (instead of 2.4 waves and a candidate level).
+      using Wide = RawLoader<T, uint16_t, true>;
+      if (!full_one_wave) {
+        const LevelPlan wide = one_wave_plan<Wide>(dev, rows, n, k, kRawCapacity<uint16_t>, kRowMergeCapacity, 0, 16);
+        if (wide.one_wave)
+          return run_select_levels("topk", stream, scratch, Wide{x, lengths, n, k}, wide, kRowMergeCapacity, lengths,
+                                   rows, n, p, dev);
+      }
     }
     return full.run(stream, scratch, x, lengths, rows, n, p, plan);
   } else {
