@@ -392,7 +392,7 @@ __device__ inline void order_across_cluster(cg::cluster_group& cluster, int sel,
 // A barrier over the `ctas` CTAs of a row-merged level: `count` is this CTA's number of row
 // barriers so far, including this one, and *arrivals starts at zero.  Global writes before it
 // are visible to every CTA of the row after it (the fences, as in cg's grid barrier).  Every
-// CTA of the row must be resident, which row-merged plans ensure.
+// CTA of the row must be resident, which the cooperative launch guarantees (launch_select).
 __device__ inline void row_barrier(uint32_t* arrivals, int64_t ctas, int count) {
   __syncthreads();
   if (threadIdx.x == 0) {
@@ -1108,7 +1108,8 @@ ffi::Error run_levels(const char* op, cudaStream_t stream, ffi::ScratchAllocator
                       int64_t rows, int64_t n, SelectParams p, const DeviceInfo& dev) {
   const int pair_cluster = remembered(dev.device, 0, [] { return max_cluster_size<PairLoader>(kPairCapacity, 0); });
   const int64_t k = p.k;
-  if (first_plan.one_wave && first_plan.num_segments > 1) return run_row_merged(op, stream, scratch, first_plan, launch_first, rows, p);
+  if (first_plan.one_wave && first_plan.num_segments > 1)
+    return run_row_merged(op, stream, scratch, first_plan, launch_first, rows, p);
 
   // Plan every level first so scratch is allocated once.
   LevelPlan plans[kMaxLevels];

@@ -1,7 +1,8 @@
 // CUDA handler for topk.  k <= kSortCap: rows much longer than k start with the streaming
 // filter level (filter_select.cuh); other rows with a cluster radix select (select.cuh), one
-// level when a row fits the shared memory of one cluster, otherwise a first level over
-// segments.  Candidate levels (select.cuh) finish both.  Larger k: a stable segmented radix
+// level when a row fits the shared memory of one cluster or (float32) when one wave of
+// clusters holds the row and they merge their counts (row merge), otherwise a first level over
+// segments.  Candidate levels (select.cuh) finish the others.  Larger k: a stable segmented radix
 // sort of the whole rows (cub), which is exact but reads each row several times.
 #include <cub/device/device_segmented_radix_sort.cuh>
 
