@@ -20,6 +20,7 @@ def cases():
     normal = lambda shape, dtype=jnp.float32: jax.random.normal(key, shape, jnp.float32).astype(dtype)
     for rows, n, k, dtype in [(1, 131_072, 2048, jnp.float32), (64, 131_072, 2048, jnp.float32),
                               (64, 131_072, 2048, jnp.bfloat16), (256, 32_768, 64, jnp.float32),
+                              (64, 8192, 256, jnp.float32), (1, 10_000_000, 16, jnp.float32),
                               (1, 10_000_000, 2048, jnp.float32), (1, 100_000_000, 16, jnp.float32),
                               (1, 100_000_000, 2048, jnp.float32)]:
         yield (f"topk {rows}x{n} k={k} {jnp.dtype(dtype).name}",
