@@ -81,6 +81,9 @@ constexpr int kBins = 1 << kDigitBits;
 constexpr int kSortCap = 2048;  // largest k of the selection path
 constexpr int kMaxLevels = 4;
 constexpr int kMaxPasses = 4;  // radix passes of a truncated loader (bits 31-21, 20-16, 15-5, 4-0)
+// Words of SelectParams::row_sync per row: the barrier's arrivals at word 0, the winner slots
+// taken at word kRowSyncWords / 2, on separate 128-byte lines.
+constexpr int kRowSyncWords = 64;
 constexpr int kRankSortMax = 256;  // final levels with at most this many winners rank them by counting
 constexpr int kMinSplitEntries = 2048;  // entries a CTA keeps when plan_level splits a row further
 constexpr int kSelectCtasPerSm = 2;     // 512 threads x 64 registers (and <= 113 KiB of shared memory)
@@ -105,7 +108,7 @@ struct SelectParams {
   // of the winners.  All but the winners are zero at launch.
   bool row_merge;
   // (One field more changes the SASS of every top-k kernel, so the barrier and slot counts share one.)
-  uint32_t* row_sync;      // [rows, 64]: arrivals at the row's barriers so far ([r, 0]), winner slots taken ([r, 32])
+  uint32_t* row_sync;      // [rows, kRowSyncWords]: arrivals at the row's barriers so far, winner slots taken
   uint32_t* row_hist;      // [rows, kMaxPasses, kBins]: the row's counts per pass
   uint2* row_counts;       // [rows, CTAs per row]: each CTA's keys above / equal to the threshold
   uint32_t* row_win_keys;  // [rows, k]: the winners, each CTA's in index order
@@ -441,6 +444,7 @@ select_kernel(const Loader loader, const SelectParams p) {
   const bool row_merge = Loader::kRowMerge && p.row_merge;
   const int64_t row_ctas = p.num_segments * cs, row_cta = seg * cs + rank;
   int row_barriers = 0;
+  auto sync_row = [&] { row_barrier(p.row_sync + kRowSyncWords * row, row_ctas, ++row_barriers); };
 
   const int64_t valid = loader.valid(row);
   const int64_t seg_begin = seg * p.segment_len;
@@ -629,7 +633,7 @@ select_kernel(const Loader loader, const SelectParams p) {
         if (four.z) atomicAdd(row_bins + 2, four.z);
         if (four.w) atomicAdd(row_bins + 3, four.w);
       }
-      row_barrier(p.row_sync + 64 * row, row_ctas, ++row_barriers);
+      sync_row();
       four = __ldcg(reinterpret_cast<const uint4*>(row_bins));
     }
     const FourBins bins = FourBins::scan<ScanBlock>(four, scan_storage);
@@ -687,14 +691,14 @@ select_kernel(const Loader loader, const SelectParams p) {
     if (row_merge && !all_ties_win) p.row_counts[row * row_ctas + row_cta] = make_uint2(a, b);
   }
   if (!row_merge) cluster.sync();
-  else if (!all_ties_win) row_barrier(p.row_sync + 64 * row, row_ctas, ++row_barriers);
+  else if (!all_ties_win) sync_row();
   JH_TRACE("count");
   if (warp == 0) {  // entries of lower ranks (row merge: of the CTAs before this one in the row)
     uint32_t a = 0, b = 0;
     if (row_merge && all_ties_win) {
       // Every winner is known without the other CTAs' counts: this CTA takes the next free
       // slots of the row (the row's winners are then in index order per CTA only).
-      if (lane == 0) a = atomicAdd(p.row_sync + 64 * row + 32, s_cta_gt + (remaining ? s_cta_eq : 0u));
+      if (lane == 0) a = atomicAdd(p.row_sync + kRowSyncWords * row + kRowSyncWords / 2, s_cta_gt + (remaining ? s_cta_eq : 0u));
     } else if (row_merge) {
       // Up to 128 CTAs' counts per step, loaded together.
       for (int64_t c0 = 0; c0 < row_cta; c0 += 128) {
@@ -784,7 +788,7 @@ select_kernel(const Loader loader, const SelectParams p) {
     // Once every CTA of the row has written its winners, each CTA places a 1/row_ctas share
     // of them: a winner's output slot is the number of winners with a larger key, or an equal
     // key and a lower index, counted by a warp over all of them.
-    row_barrier(p.row_sync + 64 * row, row_ctas, ++row_barriers);
+    sync_row();
     JH_TRACE("written");
     // Each winner as key << 32 | ~index, so that one 64-bit comparison ranks it (the sort
     // keys and indices lie back to back: room for kSortCap of these).
@@ -811,9 +815,12 @@ select_kernel(const Loader loader, const SelectParams p) {
       }
       before0 = __reduce_add_sync(~0u, before0);
       before1 = __reduce_add_sync(~0u, before1);
+      auto place = [&](uint64_t mine, uint32_t before) {
+        store_result(p, row * p.k + before, uint32_t(mine >> 32), int32_t(~uint32_t(mine)));
+      };
       if (lane == 0) {
-        store_result(p, row * p.k + before0, uint32_t(mine0 >> 32), int32_t(~uint32_t(mine0)));
-        if (e1 < last) store_result(p, row * p.k + before1, uint32_t(mine1 >> 32), int32_t(~uint32_t(mine1)));
+        place(mine0, before0);
+        if (e1 < last) place(mine1, before1);
       }
     }
     JH_TRACE("ordered");
@@ -1081,7 +1088,7 @@ template <class LaunchFirst>
 ffi::Error run_row_merged(const char* op, cudaStream_t stream, ffi::ScratchAllocator& scratch, const LevelPlan& plan,
                           const LaunchFirst& launch_first, int64_t rows, SelectParams p) {
   const size_t row_ctas = size_t(plan.num_segments) * plan.cluster;
-  const size_t sync_bytes = size_t(rows) * 256, hist_bytes = size_t(rows) * kMaxPasses * kBins * 4;
+  const size_t sync_bytes = size_t(rows) * kRowSyncWords * 4, hist_bytes = size_t(rows) * kMaxPasses * kBins * 4;
   const size_t counts_bytes = size_t(rows) * row_ctas * 8, win_bytes = size_t(rows) * p.k * 4;
   ScratchArena arena;
   for (size_t bytes : {sync_bytes, hist_bytes, counts_bytes, win_bytes, win_bytes}) arena.reserve(bytes);
