@@ -55,6 +55,35 @@ int remembered(int device, int64_t key, const Query& query) {
   return it->second;
 }
 
+// Lets `kernel` use `bytes` of dynamic shared memory on the current device (and, with
+// `big_clusters`, clusters of 16), calling the driver only when the limit has to grow: two
+// cudaFuncSetAttribute calls per launch are host time that short top-k calls pay every time.
+// Every caller goes through here, so the limit only grows and the table stays true.
+template <class Kernel>
+cudaError_t allow_smem(Kernel* kernel, size_t bytes, bool big_clusters = false) {
+  struct Granted {
+    size_t bytes = 0;
+    bool big_clusters = false;
+  };
+  static std::mutex mutex;
+  static std::map<std::pair<int, const void*>, Granted> granted;
+  int device = 0;
+  if (const cudaError_t err = cudaGetDevice(&device); err != cudaSuccess) return err;
+  std::lock_guard<std::mutex> lock(mutex);
+  Granted& g = granted[{device, reinterpret_cast<const void*>(kernel)}];
+  if (bytes > g.bytes) {
+    const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes));
+    if (err != cudaSuccess) return err;
+    g.bytes = bytes;
+  }
+  if (big_clusters && !g.big_clusters) {
+    const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1);
+    if (err != cudaSuccess) return err;
+    g.big_clusters = true;
+  }
+  return cudaSuccess;
+}
+
 // The device that owns XLA's stream (never assume device 0) and its SM count.
 struct DeviceInfo {
   int device = 0;

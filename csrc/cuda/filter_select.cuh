@@ -358,8 +358,7 @@ inline LevelPlan plan_filter_level(int64_t rows, int64_t n, int64_t k, int slots
 template <class T>
 int filter_slots(int sms) {
   int per_sm = 0;
-  if (cudaFuncSetAttribute(filter_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kFilterSmemBytes)) !=
-          cudaSuccess ||
+  if (allow_smem(filter_kernel<T>, kFilterSmemBytes) != cudaSuccess ||
       cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, filter_kernel<T>, kSelectThreads, kFilterSmemBytes) !=
           cudaSuccess) {
     cudaGetLastError();
@@ -375,8 +374,7 @@ ffi::Error launch_filter(const char* op, cudaStream_t stream, const T* x, const 
   p.segment_len = plan.segment_len;
   const int64_t blocks = rows * plan.num_segments;
   if (blocks > INT32_MAX) return op_error(op, "too many rows for one CUDA launch");
-  JH_CUDA_CHECK(op, cudaFuncSetAttribute(filter_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                         int(kFilterSmemBytes)));
+  JH_CUDA_CHECK(op, allow_smem(filter_kernel<T>, kFilterSmemBytes));
   filter_kernel<T><<<unsigned(blocks), kSelectThreads, kFilterSmemBytes, stream>>>(x, lengths, n, p);
   JH_CUDA_CHECK(op, cudaGetLastError());
   return ffi::Error::Success();

@@ -237,7 +237,7 @@ ffi::Error relevancy_dsa_cuda(cudaStream_t stream, ffi::AnyBuffer q, ffi::AnyBuf
     const size_t smem = scorer.extra_bytes();
     if (smem > 200 * 1024) return op_error(op, "h*di=", a.h * a.di, " is too large for the CUDA scorer");
     auto kernel = dsa_scores_kernel<T>;
-    JH_CUDA_CHECK(op, cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+    JH_CUDA_CHECK(op, allow_smem(kernel, smem));
     const dim3 grid(unsigned((a.n + kIndexerCapacity - 1) / kIndexerCapacity), unsigned(a.rows));
     kernel<<<grid, kSelectThreads, smem, stream>>>(scorer, valid.typed_data(), scores->typed_data());
     JH_CUDA_CHECK(op, cudaGetLastError());

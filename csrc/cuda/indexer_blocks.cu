@@ -207,7 +207,7 @@ ffi::Error block_relevancy(cudaStream_t stream, const ffi::AnyBuffer& q, const f
     const BlockScorer<T, kQuest> scorer = make_scorer<T, kQuest>(q, lo, hi, valid, a);
     const size_t smem = scorer.extra_bytes();
     auto kernel = block_scores_kernel<T, kQuest>;
-    JH_CUDA_CHECK(op, cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+    JH_CUDA_CHECK(op, allow_smem(kernel, smem));
     kernel<<<unsigned(a.rows() * chunks), kSelectThreads, smem, stream>>>(scorer, chunks, scores->typed_data());
     JH_CUDA_CHECK(op, cudaGetLastError());
     return ffi::Error::Success();

@@ -978,8 +978,7 @@ ffi::Error launch_select(const char* op, cudaStream_t stream, const Loader& load
                          int64_t rows, const LevelPlan& plan, bool candidate_level = false) {
   auto kernel = select_kernel<Loader>;
   const SelectSmem lay = select_smem<Loader>(p.capacity, loader.extra_bytes());
-  JH_CUDA_CHECK(op, cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(lay.total)));
-  JH_CUDA_CHECK(op, cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1));
+  JH_CUDA_CHECK(op, allow_smem(kernel, lay.total, /*big_clusters=*/true));
   p.num_segments = plan.num_segments;
   p.segment_len = plan.segment_len;
   p.per_cta = plan.per_cta;
@@ -1015,8 +1014,7 @@ template <class Loader>
 int active_clusters(int capacity, size_t extra_bytes, int cluster) {
   auto kernel = select_kernel<Loader>;
   const SelectSmem lay = select_smem<Loader>(capacity, extra_bytes);
-  if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(lay.total)) != cudaSuccess ||
-      cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1) != cudaSuccess) {
+  if (allow_smem(kernel, lay.total, /*big_clusters=*/true) != cudaSuccess) {
     cudaGetLastError();
     return 0;
   }

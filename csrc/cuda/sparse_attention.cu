@@ -231,7 +231,7 @@ ffi::Error run_attention(cudaStream_t stream, ffi::ScratchAllocator& scratch, co
   p.partial = p.splits > 1 ? arena.take<float>(partial_bytes) : nullptr;
   const size_t smem = size_t(kAttnWarps) * p.group * p.d * 4;
   auto kernel = p.group <= 4 ? attention_kernel<T, DPL, 4> : attention_kernel<T, DPL, kMaxGroup>;
-  JH_CUDA_CHECK(op, cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+  JH_CUDA_CHECK(op, allow_smem(kernel, smem));
   kernel<<<unsigned(pairs * p.splits), kAttnThreads, smem, stream>>>(
       static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v), bi, lengths,
       static_cast<T*>(out), p);
@@ -620,7 +620,7 @@ ffi::Error run_attention_mma(cudaStream_t stream, ffi::ScratchAllocator& scratch
   }
   const size_t smem = size_t(kPosBytes) + S::kPipeBytes;
   auto kernel = attention_mma_kernel<T, D>;
-  JH_CUDA_CHECK(op, cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+  JH_CUDA_CHECK(op, allow_smem(kernel, smem));
   const int occupancy = remembered(dev.device, int64_t(smem), [&] {  // 0: the query failed
     int blocks = 0;
     if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, kernel, kMmaThreads, smem) != cudaSuccess) {

@@ -344,12 +344,12 @@ ffi::Error run_backward(cudaStream_t stream, ffi::ScratchAllocator& scratch, con
   JH_CUDA_CHECK(kBwdOp, cudaGetLastError());
 
   auto stats = bwd_stats_kernel<T, L>;
-  JH_CUDA_CHECK(kBwdOp, cudaFuncSetAttribute(stats, cudaFuncAttributeMaxDynamicSharedMemorySize, int(stats_smem)));
+  JH_CUDA_CHECK(kBwdOp, allow_smem(stats, stats_smem));
   stats<<<unsigned(ctas), kBwdThreads, stats_smem, stream>>>(qt, kt, vt, gt, lengths, p);
   JH_CUDA_CHECK(kBwdOp, cudaGetLastError());
 
   auto grads = bwd_grads_kernel<T, L>;
-  JH_CUDA_CHECK(kBwdOp, cudaFuncSetAttribute(grads, cudaFuncAttributeMaxDynamicSharedMemorySize, int(grads_smem)));
+  JH_CUDA_CHECK(kBwdOp, allow_smem(grads, grads_smem));
   grads<<<unsigned(ctas), kBwdThreads, grads_smem, stream>>>(qt, kt, vt, gt, lengths, dqt, static_cast<T*>(dk),
                                                              static_cast<T*>(dv), p);
   JH_CUDA_CHECK(kBwdOp, cudaGetLastError());
