@@ -394,16 +394,21 @@ __device__ inline void order_across_cluster(cg::cluster_group& cluster, int sel,
 
 // A barrier over the `ctas` CTAs of a row-merged level: `count` is this CTA's number of row
 // barriers so far, including this one, and *arrivals starts at zero.  Global writes before it
-// are visible to every CTA of the row after it (the fences, as in cg's grid barrier).  Every
-// CTA of the row must be resident, which the cooperative launch guarantees (launch_select).
+// are visible to every CTA of the row after it: thread 0 arrives with a release (cumulative
+// over the CTA's writes, which __syncthreads orders before it) and polls with an acquire,
+// instead of two sequentially consistent fences around a relaxed atomic.  Every CTA of the
+// row must be resident, which the cooperative launch guarantees (launch_select).
 __device__ inline void row_barrier(uint32_t* arrivals, int64_t ctas, int count) {
   __syncthreads();
   if (threadIdx.x == 0) {
-    __threadfence();
-    atomicAdd(arrivals, 1u);
+    asm volatile("red.release.gpu.global.add.u32 [%0], 1;" ::"l"(arrivals) : "memory");
     const uint64_t target = uint64_t(ctas) * count;
-    while (uint64_t(*static_cast<volatile uint32_t*>(arrivals)) < target) __nanosleep(64);
-    __threadfence();
+    for (;;) {
+      uint32_t seen;
+      asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(seen) : "l"(arrivals) : "memory");
+      if (seen >= target) break;
+      __nanosleep(64);
+    }
   }
   __syncthreads();
 }
