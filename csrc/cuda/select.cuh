@@ -336,25 +336,35 @@ __device__ inline void order_across_cluster(cg::cluster_group& cluster, int sel,
   const int cs = int(cluster.num_blocks()), rank = int(cluster.block_rank());
   const int slice = 1 << shift;
   auto slice_len = [&](int s) { return min(max(sel - (s << shift), 0), slice); };
-  uint32_t* published = scratch;  // this slice's keys in rank order
-  uint32_t* all = scratch + kBins;  // every slice's published keys, back to back
+  // This slice's keys and indices in rank order, then every slice's published keys, each
+  // slice 4 words further along the banks than a plain back-to-back copy would put it.
+  const int stride = slice + 4;
+  uint32_t* published = scratch;
+  int32_t* published_idx = reinterpret_cast<int32_t*>(scratch + kRankSortMax);
+  uint32_t* all = scratch + 2 * kRankSortMax;
   fill_empty_slots(p, row, sel, rank * kSelectThreads + tid, cs * kSelectThreads);
 
-  // `group` lanes share a winner of the slice (place -1: none) and split the other slices.
+  // `group` lanes share a winner of the slice and split the other slices.
   const EntryRank r = rank_winners(win_keys, slice_len(rank));
   const int group = r.group, sub = lane & (group - 1);
-  const int place = __shfl_sync(~0u, r.rank, lane & ~(group - 1));
-  const uint32_t key = place >= 0 ? win_keys[r.entry] : 0u;
-  if (r.rank >= 0) published[r.rank] = key;
+  if (r.rank >= 0) {
+    published[r.rank] = win_keys[r.entry];
+    published_idx[r.rank] = win_idx[r.entry];
+  }
   mark("o:rank");
   cluster.sync();  // every slice is published
   mark("o:sync");
   for (int at = 4 * tid; at < sel; at += 4 * kSelectThreads)  // slices are multiples of 4 long
-    *reinterpret_cast<uint4*>(all + at) =
+    *reinterpret_cast<uint4*>(all + (at >> shift) * stride + (at & (slice - 1))) =
         *reinterpret_cast<const uint4*>(cluster.map_shared_rank(published, at >> shift) + (at & (slice - 1)));
   cluster_arrive_relaxed();  // this CTA reads no other's shared memory after this
   __syncthreads();
   mark("o:copy");
+
+  // The group of lanes that ranked a winner now places the winner of that rank instead, so a
+  // warp's lanes search for neighbouring keys and read neighbouring words.
+  const int place = tid / group < slice_len(rank) ? tid / group : -1;
+  const uint32_t key = place >= 0 ? published[place] : 0u;
 
   // Lane `sub` of a group searches slices sub, sub + group, ...; its own slice and slices past
   // cs count as empty.  counting_rank's groups hold at least kSelectThreads / slice lanes, so
@@ -365,7 +375,7 @@ __device__ inline void order_across_cluster(cg::cluster_group& cluster, int sel,
   for (int i = 0; i < kSearches; ++i) {
     const int s = sub + i * group;
     len[i] = place >= 0 && s < cs && s != rank ? slice_len(s) : 0;
-    first[i] = min(s, cs - 1) << shift;
+    first[i] = min(s, cs - 1) * stride;
     count[i] = 0;
   }
 #pragma unroll
@@ -387,7 +397,7 @@ __device__ inline void order_across_cluster(cg::cluster_group& cluster, int sel,
 #pragma unroll
   for (int i = 0; i < kSearches; ++i) before += uint32_t(count[i]);
   for (int o = 1; o < group; o <<= 1) before += __shfl_xor_sync(~0u, before, o);
-  if (r.rank >= 0) store_result(p, row * p.k + place + before, key, win_idx[r.entry]);
+  if (place >= 0 && sub == 0) store_result(p, row * p.k + place + before, key, published_idx[place]);
   mark("o:search");
   cluster.barrier_wait();  // no CTA leaves while another may read its published slice
 }
