@@ -45,6 +45,18 @@ def skip_module_without_cuda():
         pytest.skip("jax_hetero was built without the CUDA backend", allow_module_level=True)
 
 
+def assert_traced_into_command_buffer(compiled, target):
+    """`compiled` (jax's Compiled) runs the FFI target `target` inside one of XLA's command
+    buffers (CUDA graphs), as XLA outlines them in the optimized HLO."""
+    traced, inside = set(), False
+    for line in compiled.as_text().splitlines():
+        if line[:1] not in ("", " "):  # a computation's header (or its closing brace)
+            inside = "command_buffer" in line.split("(")[0]
+        elif inside and 'custom_call_target="' in line:
+            traced.add(line.split('custom_call_target="')[1].split('"')[0])
+    assert target in traced, f"{target} runs outside XLA's command buffers (traced there: {sorted(traced)})"
+
+
 @pytest.fixture(scope="module")
 def cpu_default_device():
     """Run a module's tests on the CPU device: the CPU backend's handlers run only in

@@ -15,7 +15,8 @@ import jax_hetero as jh
 from jax_hetero import backends
 from jax_hetero.ops.gather import gather_reference
 from jax_hetero.ops.sparse_attention import selected_token_mask, sparse_attention_reference
-from conftest import SPECIALS, child_env, numpy_topk, skip_module_without_cuda, topk_edge_rows
+from conftest import (SPECIALS, assert_traced_into_command_buffer, child_env, numpy_topk, skip_module_without_cuda,
+                      topk_edge_rows)
 
 skip_module_without_cuda()
 
@@ -238,6 +239,46 @@ def test_indexer_dsa_ties_across_a_row_in_index_order(groups):
     ref_values, ref_indices = jh.indexer(q, keys, k, kind="dsa", weights=w, lengths=lengths, backend="xla")
     np.testing.assert_array_equal(np.asarray(indices), np.asarray(ref_indices))
     np.testing.assert_allclose(np.asarray(values), np.asarray(ref_values), rtol=1e-5)
+
+
+@needs("indexer_dsa")
+@needs("indexer_quest")
+def test_indexers_traced_into_a_command_buffer():
+    # As test_topk_traced_into_a_command_buffer (test_cuda_topk.py): the dsa indexer over one
+    # row of 131,072 (a row-merged level, whose barriers and histograms are scratch) and over
+    # two short rows, and the quest indexer with hkv > 1 (its expanded lengths are scratch), in
+    # a loop on a different input at every step.  Each step equals the same call made alone.
+    rng = np.random.default_rng(33)
+    steps = 2
+    by_step = lambda *arrays: tuple(a.reshape(steps, -1, *a.shape[1:]) for a in arrays)
+
+    def dsa(b, n, k):
+        return by_step(*dsa_inputs(rng, steps * b, 64, 128, n, jnp.bfloat16)), \
+            lambda q, keys, w: jh.indexer(q, keys, k, kind="dsa", weights=w, backend="cuda")
+
+    quest = (by_step(*block_inputs(rng, steps * 2, 32, 8, 128, 4096, jnp.float32)),
+             lambda q, lo, hi: jh.indexer(q, (lo, hi), 64, kind="quest", backend="cuda"))
+    cases = [dsa(1, 131_072, 2048), dsa(2, 20_000, 256), quest]
+    stacks = [args for args, _ in cases]
+
+    def run(stacks):
+        def body(step, outs):
+            return tuple(jax.tree.map(lambda o, r: o.at[step].set(r), out, fn(*(a[step] for a in args)))
+                         for out, args, (_, fn) in zip(outs, stacks, cases))
+        init = tuple(jax.tree.map(lambda r: jnp.zeros((steps, *r.shape), r.dtype), jax.eval_shape(fn, *(a[0] for a in args)))
+                     for args, fn in cases)
+        return jax.lax.fori_loop(0, steps, body, init)
+
+    compiled = jax.jit(run).lower(stacks).compile()
+    assert_traced_into_command_buffer(compiled, "jax_hetero_indexer_dsa_cuda")
+    assert_traced_into_command_buffer(compiled, "jax_hetero_indexer_quest_cuda")
+    for _ in range(2):  # the second run replays the recorded graphs
+        outs = compiled(stacks)
+        for out, (args, fn) in zip(outs, cases):
+            for step in range(steps):
+                values, indices = jax.jit(fn)(*(a[step] for a in args))
+                np.testing.assert_array_equal(np.asarray(out[1][step]), np.asarray(indices))
+                assert_same_bits(out[0][step], values)
 
 
 def block_memory(kind, lo, hi):

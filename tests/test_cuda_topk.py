@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import jax_hetero as jh
-from conftest import SPECIALS, numpy_topk, skip_module_without_cuda
+from conftest import SPECIALS, assert_traced_into_command_buffer, numpy_topk, skip_module_without_cuda
 
 skip_module_without_cuda()
 
@@ -225,3 +225,36 @@ def test_topk_ties_at_threshold_many_rows():
     lengths = rng.integers(0, 32_769, 256).astype(np.int32)
     check(scores, 64, lengths)
     check(scores.astype(jnp.bfloat16), 2048, lengths)
+
+
+def test_topk_traced_into_a_command_buffer():
+    # XLA traces graph-safe handlers into command buffers (CUDA graphs) and replays them
+    # without calling the handler again, so each call site keeps its own scratch memory
+    # (csrc/cuda/graph_safe.h).  A loop whose body runs levels that need scratch -- candidate
+    # levels (2 x 600,000, k=2048), the streaming level (4 x 1.5M, k=16) and a full sort
+    # (k > 2048) -- next to one that needs none, on a different input at every step: every
+    # step must match the reference.
+    rng = np.random.default_rng(32)
+    cases = [((2, 600_000), 2048), ((4, 1_500_000), 16), ((3, 5000), 3000), ((64, 8192), 256)]
+    steps = 3
+    inputs = [jnp.asarray(rng.standard_normal((steps, *shape)).astype(np.float32)) for shape, _ in cases]
+
+    def run(inputs):
+        def body(step, outs):
+            return tuple((v.at[step].set(tv), i.at[step].set(ti))
+                         for (v, i), x, (_, k) in zip(outs, inputs, cases)
+                         for tv, ti in [jh.topk(x[step], k, backend="cuda")])
+        outs = tuple((jnp.zeros((steps, *shape[:-1], k), jnp.float32), jnp.zeros((steps, *shape[:-1], k), jnp.int32))
+                     for shape, k in cases)
+        return jax.lax.fori_loop(0, steps, body, outs)
+
+    compiled = jax.jit(run).lower(inputs).compile()
+    assert_traced_into_command_buffer(compiled, "jax_hetero_topk_cuda")
+    for _ in range(2):  # the second run replays the recorded graphs
+        outs = compiled(inputs)
+        for (values, indices), x, (shape, k) in zip(outs, inputs, cases):
+            for step in range(steps):
+                full = np.full(shape[:-1], shape[-1], np.int32)
+                ref_values, ref_indices = numpy_topk(x[step], k, full)
+                np.testing.assert_array_equal(np.asarray(indices[step]), ref_indices, err_msg=f"{shape} k={k}")
+                np.testing.assert_array_equal(np.asarray(values[step]), ref_values, err_msg=f"{shape} k={k}")

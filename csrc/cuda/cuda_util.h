@@ -13,6 +13,7 @@
 #include <type_traits>
 
 #include "common/ffi_util.h"
+#include "cuda/graph_safe.h"
 
 namespace jax_hetero {
 
@@ -91,12 +92,17 @@ struct DeviceInfo {
 };
 
 inline ffi::Error device_info(const char* op, cudaStream_t stream, DeviceInfo* info) {
-  JH_CUDA_CHECK(op, cudaStreamGetDevice(stream, &info->device));
+  // While XLA traces the stream into a command buffer, asking the stream for its device is not
+  // allowed (and would end the capture); XLA traces with that device current.
+  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  JH_CUDA_CHECK(op, cudaStreamIsCapturing(stream, &capture));
+  if (capture == cudaStreamCaptureStatusNone) JH_CUDA_CHECK(op, cudaStreamGetDevice(stream, &info->device));
+  else JH_CUDA_CHECK(op, cudaGetDevice(&info->device));
   JH_CUDA_CHECK(op, cudaDeviceGetAttribute(&info->sms, cudaDevAttrMultiProcessorCount, info->device));
   return ffi::Error::Success();
 }
 
-// Bump allocator over one ScratchAllocator allocation, so a handler asks XLA once.
+// Bump allocator over one scratch allocation, so a handler asks for memory once.
 class ScratchArena {
  public:
   void reserve(size_t bytes) { total_ += round(bytes); }
@@ -106,6 +112,13 @@ class ScratchArena {
     if (!mem.has_value())
       return op_error(op, "could not allocate ", total_, " bytes of GPU scratch memory");
     base_ = static_cast<char*>(*mem);
+    return ffi::Error::Success();
+  }
+  ffi::Error allocate(const char* op, const DeviceScratch& scratch) {
+    if (total_ == 0) return ffi::Error::Success();
+    void* mem = nullptr;
+    JH_RETURN_IF_ERROR(scratch.site.get(op, scratch.device, total_, &mem));
+    base_ = static_cast<char*>(mem);
     return ffi::Error::Success();
   }
   template <class T>

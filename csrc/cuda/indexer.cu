@@ -245,7 +245,7 @@ ffi::Error relevancy_dsa_cuda(cudaStream_t stream, ffi::AnyBuffer q, ffi::AnyBuf
   });
 }
 
-ffi::Error indexer_dsa_cuda(cudaStream_t stream, ffi::ScratchAllocator scratch, ffi::AnyBuffer q,
+ffi::Error indexer_dsa_cuda(cudaStream_t stream, CallSiteScratch* site, ffi::AnyBuffer q,
                             ffi::AnyBuffer keys, ffi::Buffer<ffi::F32> weights, ffi::Buffer<ffi::S32> valid,
                             ffi::Result<ffi::Buffer<ffi::F32>> values, ffi::Result<ffi::Buffer<ffi::S32>> indices,
                             int64_t k) {
@@ -257,6 +257,7 @@ ffi::Error indexer_dsa_cuda(cudaStream_t stream, ffi::ScratchAllocator scratch, 
   if (a.rows == 0) return ffi::Error::Success();
   DeviceInfo dev;
   JH_RETURN_IF_ERROR(device_info(op, stream, &dev));
+  const DeviceScratch scratch{*site, dev.device};
   return dispatch_float(op, "q", q.element_type(), [&](auto tag) -> ffi::Error {
     using T = decltype(tag);
     const DsaLoader<T> loader{make_scorer<T>(q, keys, weights, a), valid.typed_data()};
@@ -273,10 +274,10 @@ ffi::Error indexer_dsa_cuda(cudaStream_t stream, ffi::ScratchAllocator scratch, 
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(RelevancyDsaCuda, relevancy_dsa_cuda,
                               relevancy_result(dsa_operands(ffi::Ffi::Bind().Ctx<ffi::PlatformStream<cudaStream_t>>())));
-JAX_HETERO_REGISTER("relevancy_dsa", RelevancyDsaCuda);
+JAX_HETERO_REGISTER_GRAPH_SAFE("relevancy_dsa", RelevancyDsaCuda);
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(IndexerDsaCuda, indexer_dsa_cuda,
-                              indexer_results(dsa_operands(ffi::Ffi::Bind().Ctx<ffi::PlatformStream<cudaStream_t>>().Ctx<ffi::ScratchAllocator>())));
-JAX_HETERO_REGISTER("indexer_dsa", IndexerDsaCuda);
+                              indexer_results(dsa_operands(ffi::Ffi::Bind().Ctx<ffi::PlatformStream<cudaStream_t>>().Ctx<ffi::State<CallSiteScratch>>())));
+JAX_HETERO_REGISTER_GRAPH_SAFE("indexer_dsa", IndexerDsaCuda);
 
 }  // namespace jax_hetero

@@ -215,7 +215,7 @@ ffi::Error block_relevancy(cudaStream_t stream, const ffi::AnyBuffer& q, const f
 }
 
 template <bool kQuest>
-ffi::Error block_indexer(cudaStream_t stream, ffi::ScratchAllocator& scratch, const ffi::AnyBuffer& q,
+ffi::Error block_indexer(cudaStream_t stream, CallSiteScratch& site, const ffi::AnyBuffer& q,
                          const ffi::AnyBuffer& lo, const ffi::AnyBuffer* hi, const ffi::Buffer<ffi::S32>& valid,
                          ffi::Result<ffi::Buffer<ffi::F32>>& values, ffi::Result<ffi::Buffer<ffi::S32>>& indices,
                          int64_t k) {
@@ -230,6 +230,7 @@ ffi::Error block_indexer(cudaStream_t stream, ffi::ScratchAllocator& scratch, co
   if (rows == 0) return ffi::Error::Success();
   DeviceInfo dev;
   JH_RETURN_IF_ERROR(device_info(op, stream, &dev));
+  const DeviceScratch scratch{site, dev.device};
 
   // The candidate levels read the valid count of each selection row: expand [batch] to
   // [batch * hkv] unless they coincide.
@@ -267,18 +268,18 @@ ffi::Error relevancy_quest_cuda(cudaStream_t stream, ffi::AnyBuffer q, ffi::AnyB
   return block_relevancy<true>(stream, q, lo, &hi, valid, scores);
 }
 
-ffi::Error indexer_dot_cuda(cudaStream_t stream, ffi::ScratchAllocator scratch, ffi::AnyBuffer q,
+ffi::Error indexer_dot_cuda(cudaStream_t stream, CallSiteScratch* site, ffi::AnyBuffer q,
                             ffi::AnyBuffer summary, ffi::Buffer<ffi::S32> valid,
                             ffi::Result<ffi::Buffer<ffi::F32>> values, ffi::Result<ffi::Buffer<ffi::S32>> indices,
                             int64_t k) {
-  return block_indexer<false>(stream, scratch, q, summary, nullptr, valid, values, indices, k);
+  return block_indexer<false>(stream, *site, q, summary, nullptr, valid, values, indices, k);
 }
 
-ffi::Error indexer_quest_cuda(cudaStream_t stream, ffi::ScratchAllocator scratch, ffi::AnyBuffer q,
+ffi::Error indexer_quest_cuda(cudaStream_t stream, CallSiteScratch* site, ffi::AnyBuffer q,
                               ffi::AnyBuffer lo, ffi::AnyBuffer hi, ffi::Buffer<ffi::S32> valid,
                               ffi::Result<ffi::Buffer<ffi::F32>> values, ffi::Result<ffi::Buffer<ffi::S32>> indices,
                               int64_t k) {
-  return block_indexer<true>(stream, scratch, q, lo, &hi, valid, values, indices, k);
+  return block_indexer<true>(stream, *site, q, lo, &hi, valid, values, indices, k);
 }
 
 }  // namespace
@@ -287,16 +288,16 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(RelevancyDotCuda, relevancy_dot_cuda,
                               relevancy_result(dot_operands(ffi::Ffi::Bind().Ctx<ffi::PlatformStream<cudaStream_t>>())));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(RelevancyQuestCuda, relevancy_quest_cuda,
                               relevancy_result(quest_operands(ffi::Ffi::Bind().Ctx<ffi::PlatformStream<cudaStream_t>>())));
-JAX_HETERO_REGISTER("relevancy_dot", RelevancyDotCuda);
-JAX_HETERO_REGISTER("relevancy_quest", RelevancyQuestCuda);
+JAX_HETERO_REGISTER_GRAPH_SAFE("relevancy_dot", RelevancyDotCuda);
+JAX_HETERO_REGISTER_GRAPH_SAFE("relevancy_quest", RelevancyQuestCuda);
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(IndexerDotCuda, indexer_dot_cuda,
                               indexer_results(dot_operands(
-                                  ffi::Ffi::Bind().Ctx<ffi::PlatformStream<cudaStream_t>>().Ctx<ffi::ScratchAllocator>())));
+                                  ffi::Ffi::Bind().Ctx<ffi::PlatformStream<cudaStream_t>>().Ctx<ffi::State<CallSiteScratch>>())));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(IndexerQuestCuda, indexer_quest_cuda,
                               indexer_results(quest_operands(
-                                  ffi::Ffi::Bind().Ctx<ffi::PlatformStream<cudaStream_t>>().Ctx<ffi::ScratchAllocator>())));
-JAX_HETERO_REGISTER("indexer_dot", IndexerDotCuda);
-JAX_HETERO_REGISTER("indexer_quest", IndexerQuestCuda);
+                                  ffi::Ffi::Bind().Ctx<ffi::PlatformStream<cudaStream_t>>().Ctx<ffi::State<CallSiteScratch>>())));
+JAX_HETERO_REGISTER_GRAPH_SAFE("indexer_dot", IndexerDotCuda);
+JAX_HETERO_REGISTER_GRAPH_SAFE("indexer_quest", IndexerQuestCuda);
 
 }  // namespace jax_hetero

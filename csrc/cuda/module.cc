@@ -1,7 +1,9 @@
-// Python module of the CUDA backend: exposes every registered handler as a PyCapsule.
+// Python module of the CUDA backend: exposes every registered handler as a PyCapsule, and
+// what XLA needs to trace the graph-safe ones into command buffers.
 #include <pybind11/pybind11.h>
 
 #include "common/registry.h"
+#include "cuda/graph_safe.h"
 #include "xla/ffi/api/c_api.h"
 
 namespace py = pybind11;
@@ -10,6 +12,24 @@ PYBIND11_MODULE(_jax_hetero_cuda, m) {
   m.def("registrations", [] {
     py::dict out;
     for (auto& [name, fn] : jax_hetero::handler_registry()) out[py::str(name)] = py::capsule(fn);
+    return out;
+  });
+  // op -> its instantiate-stage handler (the call site's scratch state), for the ops that
+  // register with XLA's command-buffer trait.
+  m.def("graph_safe", [] {
+    py::dict out;
+    for (const auto& name : jax_hetero::graph_safe_ops())
+      out[py::str(name)] = py::capsule(reinterpret_cast<void*>(jax_hetero::CallSiteScratchInstantiate));
+    return out;
+  });
+  // FFI types to register with jax.ffi.register_ffi_type before the handlers.
+  m.def("ffi_types", [] {
+    py::dict scratch;
+    scratch["type_id"] = py::capsule(static_cast<void*>(&jax_hetero::CallSiteScratch::id));
+    scratch["type_info"] =
+        py::capsule(const_cast<void*>(static_cast<const void*>(jax_hetero::call_site_scratch_type_info())));
+    py::dict out;
+    out["jax_hetero.cuda.call_site_scratch"] = scratch;
     return out;
   });
   m.attr("ffi_api_version") = py::make_tuple(XLA_FFI_API_MAJOR, XLA_FFI_API_MINOR);

@@ -16,6 +16,8 @@ from functools import lru_cache
 
 import jax
 
+from jax_hetero._compat import COMMAND_BUFFER_COMPATIBLE
+
 BACKENDS = ("auto", "xla", "cpu", "cuda", "fpga")
 
 # Backend name -> (extension module, XLA platforms its handlers are registered for).
@@ -48,10 +50,26 @@ def _load(backend: str):
         module = importlib.import_module(f"jax_hetero.backends.{module_name}")
     except ImportError as err:
         return None, _explain_import_error(err)
-    for op, capsule in module.registrations().items():
-        for platform in platforms:
-            jax.ffi.register_ffi_target(target_name(op, backend), capsule, platform=platform)
+    _register(module, backend, platforms)
     return module, None
+
+
+def _register(module, backend: str, platforms) -> None:
+    """Registers the module's FFI types and handlers.  A module's ``graph_safe()`` ops (CUDA)
+    carry XLA's command-buffer trait, so XLA may trace them into CUDA graphs, with the
+    instantiate-stage handler that gives each call site its own scratch memory."""
+    graph_safe = module.graph_safe() if hasattr(module, "graph_safe") else {}
+    types = module.ffi_types() if hasattr(module, "ffi_types") else {}
+    for platform in platforms:
+        for name, registration in types.items():
+            jax.ffi.register_ffi_type(name, registration, platform=platform)
+        for op, capsule in module.registrations().items():
+            if op in graph_safe:
+                jax.ffi.register_ffi_target(
+                    target_name(op, backend), {"instantiate": graph_safe[op], "execute": capsule},
+                    platform=platform, traits=COMMAND_BUFFER_COMPATIBLE)
+            else:
+                jax.ffi.register_ffi_target(target_name(op, backend), capsule, platform=platform)
 
 
 def _explain_import_error(err: ImportError) -> str:

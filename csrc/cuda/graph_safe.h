@@ -1,0 +1,65 @@
+// What lets XLA trace a CUDA handler into a command buffer (a CUDA graph) and replay it: the
+// handler launches the same work at every call, never synchronises or asks the stream for its
+// device while the stream is captured, and keeps its scratch memory in a CallSiteScratch
+// (graph_safe.cu) instead of XLA's per-call scratch allocator.  Handlers registered with
+// JAX_HETERO_REGISTER_GRAPH_SAFE carry the command-buffer trait and that state.
+#pragma once
+#include <cstddef>
+#include <map>
+#include <mutex>
+#include <set>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "common/ffi_util.h"
+#include "common/registry.h"
+
+namespace jax_hetero {
+
+// GPU scratch memory of one custom call of one executable, kept from call to call: the FFI
+// state of the handlers that XLA may trace into a command buffer (a CUDA graph).  Those cannot
+// take XLA's scratch allocator, whose memory is freed when the handler returns while the graph
+// keeps its address.  One buffer per device (an executable's thunks run on every local
+// device), allocated at the first call that needs it; a call site's plan, and so its size,
+// is the same at every call.
+class CallSiteScratch {
+ public:
+  static ffi::TypeId id;
+  ~CallSiteScratch();
+  // `bytes` (> 0) of scratch on `device` (256-byte aligned), the same buffer at every call.
+  ffi::Error get(const char* op, int device, size_t bytes, void** out);
+
+ private:
+  std::mutex mutex_;
+  // Per device, every buffer handed out: a larger request keeps the older ones alive, since a
+  // graph recorded before may still use them.
+  std::map<int, std::vector<std::pair<void*, size_t>>> buffers_;
+};
+
+// A call's scratch: its call site's state and the device of XLA's stream.
+struct DeviceScratch {
+  CallSiteScratch& site;
+  int device;
+};
+
+inline std::set<std::string>& graph_safe_ops() {
+  static std::set<std::string> ops;
+  return ops;
+}
+
+struct RegisterGraphSafe {
+  explicit RegisterGraphSafe(const char* name) { graph_safe_ops().insert(name); }
+};
+
+// The instantiate-stage handler that gives each call site its CallSiteScratch, and the type
+// registration XLA needs for it (its deleter).
+XLA_FFI_DECLARE_HANDLER_SYMBOL(CallSiteScratchInstantiate);
+const XLA_FFI_TypeInfo* call_site_scratch_type_info();
+
+}  // namespace jax_hetero
+
+// Registers a CUDA handler that XLA may trace into a command buffer (see above).
+#define JAX_HETERO_REGISTER_GRAPH_SAFE(name, symbol) \
+  JAX_HETERO_REGISTER(name, symbol);                 \
+  static ::jax_hetero::RegisterGraphSafe register_graph_safe_##symbol(name)
