@@ -45,16 +45,17 @@ def skip_module_without_cuda():
         pytest.skip("jax_hetero was built without the CUDA backend", allow_module_level=True)
 
 
-def assert_traced_into_command_buffer(compiled, target):
-    """`compiled` (jax's Compiled) runs the FFI target `target` inside one of XLA's command
-    buffers (CUDA graphs), as XLA outlines them in the optimized HLO."""
-    traced, inside = set(), False
-    for line in compiled.as_text().splitlines():
-        if line[:1] not in ("", " "):  # a computation's header (or its closing brace)
-            inside = "command_buffer" in line.split("(")[0]
-        elif inside and 'custom_call_target="' in line:
-            traced.add(line.split('custom_call_target="')[1].split('"')[0])
-    assert target in traced, f"{target} runs outside XLA's command buffers (traced there: {sorted(traced)})"
+def run_traced_into_command_buffers(compiled, *args, calls):
+    """Runs `compiled` (a loop of `calls` CUDA handler calls per step) and checks that XLA traced
+    those calls into command buffers (CUDA graphs): the CUDA module counts handler calls made
+    while their stream was being captured."""
+    cuda = backends.module("cuda")
+    before = cuda.graph_traced_calls()
+    out = compiled(*args)
+    jax.block_until_ready(out)
+    traced = cuda.graph_traced_calls() - before
+    assert traced >= calls, f"XLA traced {traced} of the {calls} handler calls into command buffers"
+    return out
 
 
 @pytest.fixture(scope="module")

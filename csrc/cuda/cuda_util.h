@@ -96,8 +96,12 @@ inline ffi::Error device_info(const char* op, cudaStream_t stream, DeviceInfo* i
   // allowed (and would end the capture); XLA traces with that device current.
   cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
   JH_CUDA_CHECK(op, cudaStreamIsCapturing(stream, &capture));
-  if (capture == cudaStreamCaptureStatusNone) JH_CUDA_CHECK(op, cudaStreamGetDevice(stream, &info->device));
-  else JH_CUDA_CHECK(op, cudaGetDevice(&info->device));
+  if (capture == cudaStreamCaptureStatusNone) {
+    JH_CUDA_CHECK(op, cudaStreamGetDevice(stream, &info->device));
+  } else {
+    ++graph_traced_calls();
+    JH_CUDA_CHECK(op, cudaGetDevice(&info->device));
+  }
   JH_CUDA_CHECK(op, cudaDeviceGetAttribute(&info->sms, cudaDevAttrMultiProcessorCount, info->device));
   return ffi::Error::Success();
 }

@@ -4,7 +4,9 @@
 // (graph_safe.cu) instead of XLA's per-call scratch allocator.  Handlers registered with
 // JAX_HETERO_REGISTER_GRAPH_SAFE carry the command-buffer trait and that state.
 #pragma once
+#include <atomic>
 #include <cstddef>
+#include <cstdint>
 #include <map>
 #include <mutex>
 #include <set>
@@ -42,6 +44,12 @@ struct DeviceScratch {
   CallSiteScratch& site;
   int device;
 };
+
+// Handler calls made while XLA traced them into a command buffer, for tests and diagnostics.
+inline std::atomic<int64_t>& graph_traced_calls() {
+  static std::atomic<int64_t> calls{0};
+  return calls;
+}
 
 inline std::set<std::string>& graph_safe_ops() {
   static std::set<std::string> ops;

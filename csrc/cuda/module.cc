@@ -32,5 +32,6 @@ PYBIND11_MODULE(_jax_hetero_cuda, m) {
     out["jax_hetero.cuda.call_site_scratch"] = scratch;
     return out;
   });
+  m.def("graph_traced_calls", [] { return jax_hetero::graph_traced_calls().load(); });
   m.attr("ffi_api_version") = py::make_tuple(XLA_FFI_API_MAJOR, XLA_FFI_API_MINOR);
 }
