@@ -132,6 +132,17 @@ def test_build_info_reports_backends():
         assert entry["available"] or "how_to_build" in entry
 
 
+def test_graph_safe_cuda_ops():
+    # The CUDA handlers XLA may trace into command buffers (CUDA graphs): never gather or
+    # sparse_attention, whose run-time index check synchronises with the host inside the call.
+    cuda = jh.backends.module("cuda")
+    if cuda is None:
+        pytest.skip("jax_hetero was built without the CUDA backend")
+    assert set(cuda.graph_safe()) == {"topk", "indexer_dsa", "indexer_dot", "indexer_quest",
+                                      "relevancy_dsa", "relevancy_dot", "relevancy_quest"}
+    assert set(cuda.ffi_types()) == {"jax_hetero.cuda.call_site_scratch"}
+
+
 def test_use_backend_context():
     with jh.use_backend("xla"):
         text = jax.jit(lambda s: jh.topk(s, 2)).lower(x).as_text()

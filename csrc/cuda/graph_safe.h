@@ -24,7 +24,8 @@ namespace jax_hetero {
 // take XLA's scratch allocator, whose memory is freed when the handler returns while the graph
 // keeps its address.  One buffer per device (an executable's thunks run on every local
 // device), allocated at the first call that needs it; a call site's plan, and so its size,
-// is the same at every call.
+// is the same at every call.  Sharing it between calls is safe because the runs of one
+// executable on one device follow one another on that device's stream.
 class CallSiteScratch {
  public:
   static ffi::TypeId id;
