@@ -404,6 +404,41 @@ def test_sparse_attention(dtype, b, hq, hkv, d, n, kb, bs):
     np.testing.assert_allclose(got, want, atol=tol, rtol=tol)
 
 
+@needs("sparse_attention_unchecked")
+@needs("gather_unchecked")
+def test_unchecked_gather_and_attention_traced_into_a_command_buffer():
+    # With check_indices=False, gather and sparse_attention (forward with its split merge, and
+    # backward) call their graph-safe targets, which XLA traces into command buffers; each step
+    # of a loop equals the same call made alone.
+    rng = np.random.default_rng(34)
+    steps, b, hq, hkv, d, n, kb, bs = 2, 2, 32, 8, 128, 65_536, 64, 64
+    inputs = [attention_inputs(rng, b, hq, hkv, d, n, kb, bs, jnp.bfloat16) for _ in range(steps)]
+    q, k, v, block_indices = (jnp.stack(parts) for parts in zip(*inputs))
+    table = jnp.asarray(rng.standard_normal((steps, 4096, 256)), jnp.bfloat16)
+    rows = jnp.asarray(rng.integers(0, 4096, (steps, 1000)).astype(np.int32))
+
+    def one(q, k, v, block_indices, table, rows):
+        attend = lambda q, k, v: jh.sparse_attention(q, k, v, block_indices, block_size=bs, check_indices=False,
+                                                     backend="cuda")
+        out, vjp = jax.vjp(attend, q, k, v)
+        return (out, *vjp(out), jh.gather(table, rows, check_indices=False, backend="cuda"))
+
+    def run(q, k, v, block_indices, table, rows):
+        args = (q, k, v, block_indices, table, rows)
+        def body(step, outs):
+            return tuple(o.at[step].set(r) for o, r in zip(outs, one(*(a[step] for a in args))))
+        init = tuple(jnp.zeros((steps, *r.shape), r.dtype) for r in jax.eval_shape(one, *(a[0] for a in args)))
+        return jax.lax.fori_loop(0, steps, body, init)
+
+    args = (q, k, v, block_indices, table, rows)
+    compiled = jax.jit(run).lower(*args).compile()
+    for replay in (False, True):  # the second run replays the recorded graphs
+        outs = compiled(*args) if replay else run_traced_into_command_buffers(compiled, *args, calls=3)
+        for step in range(steps):
+            for got, want in zip(outs, jax.jit(one)(*(a[step] for a in args))):
+                assert_same_bits(got[step], want)
+
+
 # Tensor-core kernel (bfloat16/float16, d 64 or 128, group <= 8) and the warp kernel (float32,
 # other head dims up to 256): GQA groups 1..8, block sizes 1 to 300, token-sparse slots beyond the
 # dedup hash table, splits of one or many CTAs (merge kernel), lengths inside a block.

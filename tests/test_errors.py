@@ -133,13 +133,15 @@ def test_build_info_reports_backends():
 
 
 def test_graph_safe_cuda_ops():
-    # The CUDA handlers XLA may trace into command buffers (CUDA graphs): never gather or
-    # sparse_attention, whose run-time index check synchronises with the host inside the call.
+    # The CUDA handlers XLA may trace into command buffers (CUDA graphs): gather and
+    # sparse_attention only as the targets that their check_indices=False calls use, since
+    # the run-time index check synchronises with the host inside the call.
     cuda = jh.backends.module("cuda")
     if cuda is None:
         pytest.skip("jax_hetero was built without the CUDA backend")
-    assert set(cuda.graph_safe()) == {"topk", "indexer_dsa", "indexer_dot", "indexer_quest",
-                                      "relevancy_dsa", "relevancy_dot", "relevancy_quest"}
+    assert set(cuda.graph_safe()) == {"topk", "indexer_dsa", "indexer_dot", "indexer_quest", "relevancy_dsa",
+                                      "relevancy_dot", "relevancy_quest", "sparse_attention_bwd",
+                                      "gather_unchecked", "sparse_attention_unchecked"}
     assert set(cuda.ffi_types()) == {"jax_hetero.cuda.call_site_scratch"}
 
 

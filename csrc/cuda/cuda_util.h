@@ -39,7 +39,7 @@ inline ffi::Error cuda_error(const char* op, cudaError_t err, const char* what) 
 // records an offending entry in a 2-int scratch flag; read_index_check, after them, copies the
 // flag back (one stream sync, so the host cannot run ahead of this call) and reports the entry
 // as "<op>: <name> contains <value>, outside [0, upper) (<what>); use -1 ...".
-ffi::Error queue_index_check(const char* op, cudaStream_t stream, ffi::ScratchAllocator& scratch,
+ffi::Error queue_index_check(const char* op, cudaStream_t stream, DeviceScratch& scratch,
                              const int32_t* indices, int64_t count, int64_t upper, int sms, int** flag);
 ffi::Error read_index_check(const char* op, cudaStream_t stream, const int* flag, const char* name, int64_t upper,
                             const std::string& what);
@@ -110,18 +110,10 @@ inline ffi::Error device_info(const char* op, cudaStream_t stream, DeviceInfo* i
 class ScratchArena {
  public:
   void reserve(size_t bytes) { total_ += round(bytes); }
-  ffi::Error allocate(const char* op, ffi::ScratchAllocator& scratch) {
-    if (total_ == 0) return ffi::Error::Success();
-    auto mem = scratch.Allocate(total_, 16);  // XLA accepts alignments up to 16; its blocks are 256-aligned
-    if (!mem.has_value())
-      return op_error(op, "could not allocate ", total_, " bytes of GPU scratch memory");
-    base_ = static_cast<char*>(*mem);
-    return ffi::Error::Success();
-  }
-  ffi::Error allocate(const char* op, const DeviceScratch& scratch) {
+  ffi::Error allocate(const char* op, DeviceScratch& scratch) {
     if (total_ == 0) return ffi::Error::Success();
     void* mem = nullptr;
-    JH_RETURN_IF_ERROR(scratch.site.get(op, scratch.device, total_, &mem));
+    JH_RETURN_IF_ERROR(scratch.site.get(op, scratch.device, scratch.next_slot++, total_, &mem));
     base_ = static_cast<char*>(mem);
     return ffi::Error::Success();
   }

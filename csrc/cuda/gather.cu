@@ -62,7 +62,7 @@ ffi::Error launch_gather(cudaStream_t stream, const void* table, const int32_t* 
   return ffi::Error::Success();
 }
 
-ffi::Error gather_cuda(cudaStream_t stream, ffi::ScratchAllocator scratch, ffi::AnyBuffer table,
+ffi::Error gather_cuda(cudaStream_t stream, CallSiteScratch* site, ffi::AnyBuffer table,
                        ffi::Buffer<ffi::S32> indices, ffi::Result<ffi::AnyBuffer> out, bool check_indices) {
   const char* op = "gather";
   auto tdims = table.dimensions();
@@ -95,9 +95,11 @@ ffi::Error gather_cuda(cudaStream_t stream, ffi::ScratchAllocator scratch, ffi::
   JH_RETURN_IF_ERROR(device_info(op, stream, &dev));
   int* bad = nullptr;  // the check's flag: only a checked call pays for reading it back
   if (check_indices) {
-    auto flag = scratch.Allocate(2 * sizeof(int), 16);
-    if (!flag.has_value()) return op_error(op, "could not allocate GPU scratch memory");
-    bad = static_cast<int*>(*flag);
+    DeviceScratch scratch{*site, dev.device};
+    ScratchArena arena;
+    arena.reserve(2 * sizeof(int));
+    JH_RETURN_IF_ERROR(arena.allocate(op, scratch));
+    bad = arena.take<int>(2 * sizeof(int));
     JH_CUDA_CHECK(op, cudaMemsetAsync(bad, 0, 2 * sizeof(int), stream));
   }
   const void* src = table.untyped_data();
@@ -115,7 +117,9 @@ ffi::Error gather_cuda(cudaStream_t stream, ffi::ScratchAllocator scratch, ffi::
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(GatherCuda, gather_cuda,
-                              gather_signature(ffi::Ffi::Bind().Ctx<ffi::PlatformStream<cudaStream_t>>().Ctx<ffi::ScratchAllocator>()));
+                              gather_signature(ffi::Ffi::Bind().Ctx<ffi::PlatformStream<cudaStream_t>>().Ctx<ffi::State<CallSiteScratch>>()));
 JAX_HETERO_REGISTER("gather", GatherCuda);
+// Called with check_indices=false only: no host synchronisation, so XLA may trace it.
+JAX_HETERO_REGISTER_GRAPH_SAFE("gather_unchecked", GatherCuda);
 
 }  // namespace jax_hetero

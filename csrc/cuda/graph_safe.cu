@@ -8,9 +8,9 @@ namespace jax_hetero {
 
 ffi::TypeId CallSiteScratch::id = {};
 
-ffi::Error CallSiteScratch::get(const char* op, int device, size_t bytes, void** out) {
+ffi::Error CallSiteScratch::get(const char* op, int device, int slot, size_t bytes, void** out) {
   std::lock_guard<std::mutex> lock(mutex_);
-  auto& held = buffers_[device];
+  auto& held = buffers_[{device, slot}];
   if (!held.empty() && held.back().second >= bytes) {
     *out = held.back().first;
     return ffi::Error::Success();
@@ -35,8 +35,8 @@ ffi::Error CallSiteScratch::get(const char* op, int device, size_t bytes, void**
 CallSiteScratch::~CallSiteScratch() {
   int current = -1;
   if (cudaGetDevice(&current) != cudaSuccess) return;  // the CUDA runtime is gone (process exit)
-  for (auto& [device, held] : buffers_) {
-    if (cudaSetDevice(device) != cudaSuccess) continue;
+  for (auto& [where, held] : buffers_) {
+    if (cudaSetDevice(where.first) != cudaSuccess) continue;
     for (auto& buffer : held) cudaFree(buffer.first);  // waits for the work that still uses it
   }
   cudaSetDevice(current);

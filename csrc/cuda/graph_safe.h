@@ -22,28 +22,30 @@ namespace jax_hetero {
 // GPU scratch memory of one custom call of one executable, kept from call to call: the FFI
 // state of the handlers that XLA may trace into a command buffer (a CUDA graph).  Those cannot
 // take XLA's scratch allocator, whose memory is freed when the handler returns while the graph
-// keeps its address.  One buffer per device (an executable's thunks run on every local
-// device), allocated at the first call that needs it; a call site's plan, and so its size,
-// is the same at every call.  Sharing it between calls is safe because the runs of one
-// executable on one device follow one another on that device's stream.
+// keeps its address.  A call's n-th allocation gets the call site's n-th buffer on that device
+// (an executable's thunks run on every local device), allocated the first time; a call site's
+// plan, and so its allocations, are the same at every call.  Reusing them from call to call is
+// safe because the runs of one executable on one device follow one another on its stream.
 class CallSiteScratch {
  public:
   static ffi::TypeId id;
   ~CallSiteScratch();
-  // `bytes` (> 0) of scratch on `device` (256-byte aligned), the same buffer at every call.
-  ffi::Error get(const char* op, int device, size_t bytes, void** out);
+  // `bytes` (> 0) of scratch (256-byte aligned): buffer `slot` of `device`.
+  ffi::Error get(const char* op, int device, int slot, size_t bytes, void** out);
 
  private:
   std::mutex mutex_;
-  // Per device, every buffer handed out: a larger request keeps the older ones alive, since a
-  // graph recorded before may still use them.
-  std::map<int, std::vector<std::pair<void*, size_t>>> buffers_;
+  // Per (device, slot), every buffer handed out: a larger request keeps the older ones alive,
+  // since a graph recorded before may still use them.
+  std::map<std::pair<int, int>, std::vector<std::pair<void*, size_t>>> buffers_;
 };
 
-// A call's scratch: its call site's state and the device of XLA's stream.
+// One call's scratch: its call site's state, the device of XLA's stream, and the call's next
+// allocation (each allocation of a call gets its own buffer).
 struct DeviceScratch {
   CallSiteScratch& site;
   int device;
+  int next_slot = 0;
 };
 
 // Handler calls made while XLA traced them into a command buffer, for tests and diagnostics.
@@ -58,7 +60,10 @@ inline std::set<std::string>& graph_safe_ops() {
 }
 
 struct RegisterGraphSafe {
-  explicit RegisterGraphSafe(const char* name) { graph_safe_ops().insert(name); }
+  RegisterGraphSafe(const char* name, void* handler) {
+    handler_registry()[name] = handler;
+    graph_safe_ops().insert(name);
+  }
 };
 
 // The instantiate-stage handler that gives each call site its CallSiteScratch, and the type
@@ -68,7 +73,10 @@ const XLA_FFI_TypeInfo* call_site_scratch_type_info();
 
 }  // namespace jax_hetero
 
-// Registers a CUDA handler that XLA may trace into a command buffer (see above).
-#define JAX_HETERO_REGISTER_GRAPH_SAFE(name, symbol) \
-  JAX_HETERO_REGISTER(name, symbol);                 \
-  static ::jax_hetero::RegisterGraphSafe register_graph_safe_##symbol(name)
+// Registers a CUDA handler under `name` as one that XLA may trace into a command buffer (see
+// above); one symbol may also be registered plainly under another name.
+#define JH_CONCAT_(a, b) a##b
+#define JH_CONCAT(a, b) JH_CONCAT_(a, b)
+#define JAX_HETERO_REGISTER_GRAPH_SAFE(name, symbol)                                      \
+  static ::jax_hetero::RegisterGraphSafe JH_CONCAT(register_graph_safe_, __LINE__)(name, \
+                                                                                  reinterpret_cast<void*>(symbol))

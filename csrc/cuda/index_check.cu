@@ -15,11 +15,12 @@ __global__ void find_bad_index_kernel(const int32_t* indices, int64_t count, int
 
 }  // namespace
 
-ffi::Error queue_index_check(const char* op, cudaStream_t stream, ffi::ScratchAllocator& scratch,
+ffi::Error queue_index_check(const char* op, cudaStream_t stream, DeviceScratch& scratch,
                              const int32_t* indices, int64_t count, int64_t upper, int sms, int** flag) {
-  auto mem = scratch.Allocate(2 * sizeof(int), 16);
-  if (!mem.has_value()) return op_error(op, "could not allocate GPU scratch memory for the index check");
-  *flag = static_cast<int*>(*mem);
+  ScratchArena arena;
+  arena.reserve(2 * sizeof(int));
+  JH_RETURN_IF_ERROR(arena.allocate(op, scratch));
+  *flag = arena.take<int>(2 * sizeof(int));
   JH_CUDA_CHECK(op, cudaMemsetAsync(*flag, 0, 2 * sizeof(int), stream));
   if (count == 0) return ffi::Error::Success();
   const int64_t blocks = std::min<int64_t>((count + kCheckThreads - 1) / kCheckThreads, int64_t(sms) * 4);

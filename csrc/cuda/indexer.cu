@@ -257,7 +257,7 @@ ffi::Error indexer_dsa_cuda(cudaStream_t stream, CallSiteScratch* site, ffi::Any
   if (a.rows == 0) return ffi::Error::Success();
   DeviceInfo dev;
   JH_RETURN_IF_ERROR(device_info(op, stream, &dev));
-  const DeviceScratch scratch{*site, dev.device};
+  DeviceScratch scratch{*site, dev.device};
   return dispatch_float(op, "q", q.element_type(), [&](auto tag) -> ffi::Error {
     using T = decltype(tag);
     const DsaLoader<T> loader{make_scorer<T>(q, keys, weights, a), valid.typed_data()};

@@ -230,7 +230,7 @@ ffi::Error block_indexer(cudaStream_t stream, CallSiteScratch& site, const ffi::
   if (rows == 0) return ffi::Error::Success();
   DeviceInfo dev;
   JH_RETURN_IF_ERROR(device_info(op, stream, &dev));
-  const DeviceScratch scratch{site, dev.device};
+  DeviceScratch scratch{site, dev.device};
 
   // The candidate levels read the valid count of each selection row: expand [batch] to
   // [batch * hkv] unless they coincide.

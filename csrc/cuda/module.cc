@@ -14,12 +14,12 @@ PYBIND11_MODULE(_jax_hetero_cuda, m) {
     for (auto& [name, fn] : jax_hetero::handler_registry()) out[py::str(name)] = py::capsule(fn);
     return out;
   });
-  // op -> its instantiate-stage handler (the call site's scratch state), for the ops that
-  // register with XLA's command-buffer trait.
+  // The instantiate-stage handler of every target (each call site's scratch state), and the
+  // targets to register with XLA's command-buffer trait.
+  m.def("instantiate", [] { return py::capsule(reinterpret_cast<void*>(jax_hetero::CallSiteScratchInstantiate)); });
   m.def("graph_safe", [] {
-    py::dict out;
-    for (const auto& name : jax_hetero::graph_safe_ops())
-      out[py::str(name)] = py::capsule(reinterpret_cast<void*>(jax_hetero::CallSiteScratchInstantiate));
+    py::list out;
+    for (const auto& name : jax_hetero::graph_safe_ops()) out.append(py::str(name));
     return out;
   });
   // FFI types to register with jax.ffi.register_ffi_type before the handlers.

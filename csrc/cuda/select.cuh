@@ -1098,7 +1098,7 @@ constexpr int kPairCapacity = 8192;  // keys + indices per CTA for candidates (6
 // One level whose row spans several clusters, all resident at once: the clusters merge their
 // counts through global memory (SelectParams::row_merge), so no candidate level follows.
 template <class LaunchFirst>
-ffi::Error run_row_merged(const char* op, cudaStream_t stream, const DeviceScratch& scratch, const LevelPlan& plan,
+ffi::Error run_row_merged(const char* op, cudaStream_t stream, DeviceScratch& scratch, const LevelPlan& plan,
                           const LaunchFirst& launch_first, int64_t rows, SelectParams p) {
   const size_t row_ctas = size_t(plan.num_segments) * plan.cluster;
   const size_t sync_bytes = size_t(rows) * kRowSyncWords * 4, hist_bytes = size_t(rows) * kMaxPasses * kBins * 4;
@@ -1123,7 +1123,7 @@ ffi::Error run_row_merged(const char* op, cudaStream_t stream, const DeviceScrat
 // levels until one segment per row remains.  `lengths` are the valid entries per row of the n
 // that level 0 reads; a non-final level 0 writes min(k, valid entries) candidates per segment.
 template <class LaunchFirst>
-ffi::Error run_levels(const char* op, cudaStream_t stream, const DeviceScratch& scratch,
+ffi::Error run_levels(const char* op, cudaStream_t stream, DeviceScratch& scratch,
                       const LevelPlan& first_plan, const LaunchFirst& launch_first, const int32_t* lengths,
                       int64_t rows, int64_t n, SelectParams p, const DeviceInfo& dev) {
   const int pair_cluster = remembered(dev.device, 0, [] { return max_cluster_size<PairLoader>(kPairCapacity, 0); });
@@ -1185,7 +1185,7 @@ ffi::Error run_levels(const char* op, cudaStream_t stream, const DeviceScratch& 
 // run_levels with a cluster select over `first` (first_capacity key slots per CTA) planned by
 // `plan` as level 0.
 template <class First>
-ffi::Error run_select_levels(const char* op, cudaStream_t stream, const DeviceScratch& scratch,
+ffi::Error run_select_levels(const char* op, cudaStream_t stream, DeviceScratch& scratch,
                              const First& first, const LevelPlan& plan, int first_capacity,
                              const int32_t* lengths, int64_t rows, int64_t n, SelectParams p,
                              const DeviceInfo& dev) {

@@ -211,7 +211,7 @@ __global__ void merge_splits_kernel(const float* partial, T* out, int64_t heads,
 }
 
 template <class T, int DPL>
-ffi::Error run_attention(cudaStream_t stream, ffi::ScratchAllocator& scratch, const void* q, const void* k,
+ffi::Error run_attention(cudaStream_t stream, DeviceScratch& scratch, const void* q, const void* k,
                          const void* v, const int32_t* bi, const int32_t* lengths, void* out, int64_t rows,
                          AttnParams p, const DeviceInfo& dev) {
   const char* op = "sparse_attention";
@@ -598,7 +598,7 @@ inline void choose_splits(int64_t pairs, int64_t total, int64_t resident, int* s
 }
 
 template <class T, int D>
-ffi::Error run_attention_mma(cudaStream_t stream, ffi::ScratchAllocator& scratch, const void* q, const void* k,
+ffi::Error run_attention_mma(cudaStream_t stream, DeviceScratch& scratch, const void* q, const void* k,
                              const void* v, const int32_t* bi, const int32_t* lengths, void* out, int64_t rows,
                              const AttnParams& ap, const DeviceInfo& dev) {
   using S = MmaShape<D>;
@@ -663,7 +663,7 @@ inline bool mma_kernel_allowed() {
   return env == nullptr || std::strcmp(env, "warp") != 0;
 }
 
-ffi::Error sparse_attention_cuda(cudaStream_t stream, ffi::ScratchAllocator scratch, ffi::AnyBuffer q,
+ffi::Error sparse_attention_cuda(cudaStream_t stream, CallSiteScratch* site, ffi::AnyBuffer q,
                                  ffi::AnyBuffer k, ffi::AnyBuffer v, ffi::Buffer<ffi::S32> block_indices,
                                  ffi::Buffer<ffi::S32> lengths, ffi::Result<ffi::AnyBuffer> out,
                                  int64_t block_size, float scale, bool check_indices) {
@@ -699,6 +699,7 @@ ffi::Error sparse_attention_cuda(cudaStream_t stream, ffi::ScratchAllocator scra
   p.scale_log2 = scale * 1.4426950408889634f;
   DeviceInfo dev;
   JH_RETURN_IF_ERROR(device_info(op, stream, &dev));
+  DeviceScratch scratch{*site, dev.device};
   if (p.kb == 0) {  // nothing selected: zeros
     JH_CUDA_CHECK(op, cudaMemsetAsync(out->untyped_data(), 0, out->size_bytes(), stream));
     return ffi::Error::Success();
@@ -743,7 +744,9 @@ ffi::Error sparse_attention_cuda(cudaStream_t stream, ffi::ScratchAllocator scra
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(SparseAttentionCuda, sparse_attention_cuda,
-                              sparse_attention_signature(ffi::Ffi::Bind().Ctx<ffi::PlatformStream<cudaStream_t>>().Ctx<ffi::ScratchAllocator>()));
+                              sparse_attention_signature(ffi::Ffi::Bind().Ctx<ffi::PlatformStream<cudaStream_t>>().Ctx<ffi::State<CallSiteScratch>>()));
 JAX_HETERO_REGISTER("sparse_attention", SparseAttentionCuda);
+// Called with check_indices=false only: no host synchronisation, so XLA may trace it.
+JAX_HETERO_REGISTER_GRAPH_SAFE("sparse_attention_unchecked", SparseAttentionCuda);
 
 }  // namespace jax_hetero

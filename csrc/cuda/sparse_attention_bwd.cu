@@ -297,7 +297,7 @@ __global__ void bwd_dq_kernel(const float* partial, T* dq, int64_t elements, int
 }
 
 template <class T, int L>
-ffi::Error run_backward(cudaStream_t stream, ffi::ScratchAllocator& scratch, const void* q, const void* k,
+ffi::Error run_backward(cudaStream_t stream, DeviceScratch& scratch, const void* q, const void* k,
                         const void* v, const int32_t* block_indices, const int32_t* lengths, const void* g,
                         void* dq, void* dk, void* dv, BwdParams p, const DeviceInfo& dev) {
   const int64_t pairs = p.rows * p.hkv;
@@ -368,7 +368,7 @@ bool bwd_same_shape(const A& a, const B& b) {
   return std::equal(a.dimensions().begin(), a.dimensions().end(), b.dimensions().begin(), b.dimensions().end());
 }
 
-ffi::Error sparse_attention_bwd_cuda(cudaStream_t stream, ffi::ScratchAllocator scratch, ffi::AnyBuffer q,
+ffi::Error sparse_attention_bwd_cuda(cudaStream_t stream, CallSiteScratch* site, ffi::AnyBuffer q,
                                      ffi::AnyBuffer k, ffi::AnyBuffer v, ffi::Buffer<ffi::S32> block_indices,
                                      ffi::Buffer<ffi::S32> lengths, ffi::AnyBuffer g, ffi::Result<ffi::AnyBuffer> dq,
                                      ffi::Result<ffi::AnyBuffer> dk, ffi::Result<ffi::AnyBuffer> dv,
@@ -427,6 +427,7 @@ ffi::Error sparse_attention_bwd_cuda(cudaStream_t stream, ffi::ScratchAllocator 
   }
   DeviceInfo dev;
   JH_RETURN_IF_ERROR(device_info(kBwdOp, stream, &dev));
+  DeviceScratch scratch{*site, dev.device};
   return dispatch_float(kBwdOp, "q", type, [&](auto tag) -> ffi::Error {
     using T = decltype(tag);
     auto go = [&](auto lanes) {
@@ -447,7 +448,7 @@ ffi::Error sparse_attention_bwd_cuda(cudaStream_t stream, ffi::ScratchAllocator 
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(SparseAttentionBwdCuda, sparse_attention_bwd_cuda,
                               sparse_attention_bwd_signature(
-                                  ffi::Ffi::Bind().Ctx<ffi::PlatformStream<cudaStream_t>>().Ctx<ffi::ScratchAllocator>()));
-JAX_HETERO_REGISTER("sparse_attention_bwd", SparseAttentionBwdCuda);
+                                  ffi::Ffi::Bind().Ctx<ffi::PlatformStream<cudaStream_t>>().Ctx<ffi::State<CallSiteScratch>>()));
+JAX_HETERO_REGISTER_GRAPH_SAFE("sparse_attention_bwd", SparseAttentionBwdCuda);
 
 }  // namespace jax_hetero

@@ -163,7 +163,7 @@ __global__ void full_sort_write(const uint32_t* keys, const int32_t* idx, const 
 }
 
 template <class T>
-ffi::Error topk_full_sort(cudaStream_t stream, const DeviceScratch& scratch, const T* x,
+ffi::Error topk_full_sort(cudaStream_t stream, DeviceScratch& scratch, const T* x,
                           const int32_t* lengths, int64_t rows, int64_t n, int64_t k, T* values,
                           int32_t* indices, uint32_t neg_inf_bits, const DeviceInfo& dev) {
   const char* op = "topk";
@@ -226,7 +226,7 @@ struct RawSelect {
     const int64_t ctas = rows * plan.num_segments * plan.cluster;
     return (ctas + resident - 1) / resident;
   }
-  ffi::Error run(cudaStream_t stream, const DeviceScratch& scratch, const T* x, const int32_t* lengths, int64_t rows,
+  ffi::Error run(cudaStream_t stream, DeviceScratch& scratch, const T* x, const int32_t* lengths, int64_t rows,
                  int64_t n, const SelectParams& p, const LevelPlan& plan) const {
     return run_select_levels("topk", stream, scratch, RawLoader<T, Staged>{x, lengths, n, p.k}, plan, kCapacity,
                              lengths, rows, n, p, dev);
@@ -234,7 +234,7 @@ struct RawSelect {
 };
 
 template <class T>
-ffi::Error topk_select(cudaStream_t stream, const DeviceScratch& scratch, const T* x,
+ffi::Error topk_select(cudaStream_t stream, DeviceScratch& scratch, const T* x,
                        const int32_t* lengths, int64_t rows, int64_t n, int64_t k, T* values,
                        int32_t* indices, const DeviceInfo& dev) {
   SelectParams p{};
@@ -296,7 +296,7 @@ ffi::Error topk_cuda(cudaStream_t stream, CallSiteScratch* site, ffi::AnyBuffer 
   if (rows == 0) return ffi::Error::Success();
   DeviceInfo dev;
   JH_RETURN_IF_ERROR(device_info(op, stream, &dev));
-  const DeviceScratch scratch{*site, dev.device};
+  DeviceScratch scratch{*site, dev.device};
   return dispatch_float(op, "scores", scores.element_type(), [&](auto tag) {
     using T = decltype(tag);
     const T* x = reinterpret_cast<const T*>(scores.untyped_data());

@@ -55,21 +55,20 @@ def _load(backend: str):
 
 
 def _register(module, backend: str, platforms) -> None:
-    """Registers the module's FFI types and handlers.  A module's ``graph_safe()`` ops (CUDA)
-    carry XLA's command-buffer trait, so XLA may trace them into CUDA graphs, with the
-    instantiate-stage handler that gives each call site its own scratch memory."""
-    graph_safe = module.graph_safe() if hasattr(module, "graph_safe") else {}
+    """Registers the module's FFI types and handlers.  The CUDA module's handlers come with an
+    instantiate-stage handler that gives each call site its own scratch memory, and its
+    ``graph_safe()`` targets carry XLA's command-buffer trait, so XLA may trace them into the
+    CUDA graphs of a jitted program."""
+    instantiate = module.instantiate() if hasattr(module, "instantiate") else None
+    graph_safe = set(module.graph_safe()) if hasattr(module, "graph_safe") else set()
     types = module.ffi_types() if hasattr(module, "ffi_types") else {}
     for platform in platforms:
         for name, registration in types.items():
             jax.ffi.register_ffi_type(name, registration, platform=platform)
         for op, capsule in module.registrations().items():
-            if op in graph_safe:
-                jax.ffi.register_ffi_target(
-                    target_name(op, backend), {"instantiate": graph_safe[op], "execute": capsule},
-                    platform=platform, traits=COMMAND_BUFFER_COMPATIBLE)
-            else:
-                jax.ffi.register_ffi_target(target_name(op, backend), capsule, platform=platform)
+            handler = capsule if instantiate is None else {"instantiate": instantiate, "execute": capsule}
+            traits = {"traits": COMMAND_BUFFER_COMPATIBLE} if op in graph_safe else {}
+            jax.ffi.register_ffi_target(target_name(op, backend), handler, platform=platform, **traits)
 
 
 def _explain_import_error(err: ImportError) -> str:
@@ -98,6 +97,14 @@ def ops_on(backend: str) -> frozenset[str]:
 
 def has(op: str, backend: str) -> bool:
     return op in ops_on(backend)
+
+
+def unchecked_target(op: str, backend: str, check_indices: bool) -> str:
+    """The target of an op with a run-time index check: ``<op>_unchecked`` where the backend
+    registers one and the call skips the check (the same handler, registered so that XLA may
+    trace it into CUDA graphs, which a call that synchronises to read the check cannot be)."""
+    unchecked = f"{op}_unchecked"
+    return unchecked if not check_indices and has(unchecked, backend) else op
 
 
 def require(op: str, backend: str, target: str | None = None) -> None:

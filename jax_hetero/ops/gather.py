@@ -27,7 +27,8 @@ def _compiled(rows: int, features: int, dtype, check_indices: bool):
     def call(backend):
         # expand_dims: a table shared across a vmap keeps leading size 1 instead of being
         # copied per batch element; the handler broadcasts it.
-        f = ffi_call(backends.target_name(OP, backend), out, vmap_method="expand_dims")
+        f = ffi_call(backends.target_name(backends.unchecked_target(OP, backend, check_indices), backend), out,
+                     vmap_method="expand_dims")
         return lambda *args: f(*args, check_indices=check_indices)
     return call
 

@@ -68,8 +68,9 @@ def _sparse_attention(q, k, v, block_indices, lengths, block_size, scale, backen
     reference = partial(_checked_reference, block_size=block_size, scale=scale, num_blocks=num_blocks,
                         check_indices=check_indices)
     out = jax.ShapeDtypeStruct(q.shape, q.dtype)
-    compiled = lambda name: (lambda *a: _dispatch.ffi(OP, name, (out,), block_size=np.int64(block_size),
-                                                        scale=np.float32(scale), check_indices=check_indices)(*a)[0])
+    compiled = lambda name: (lambda *a: _dispatch.ffi(backends.unchecked_target(OP, name, check_indices), name, (out,),
+                                                        block_size=np.int64(block_size), scale=np.float32(scale),
+                                                        check_indices=check_indices)(*a)[0])
     return _dispatch.run(OP, backend, reference, compiled, q, k, v, block_indices, lengths)
 
 
