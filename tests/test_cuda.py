@@ -409,7 +409,9 @@ def test_sparse_attention(dtype, b, hq, hkv, d, n, kb, bs):
 def test_unchecked_gather_and_attention_traced_into_a_command_buffer():
     # With check_indices=False, gather and sparse_attention (forward with its split merge, and
     # backward) call their graph-safe targets, which XLA traces into command buffers; each step
-    # of a loop equals the same call made alone.
+    # of a loop equals the same call made alone: bit for bit, but for the gradients, which the
+    # backward kernel sums with shared-memory atomics in no fixed order (1 bfloat16 ulp in 1 of
+    # 8192 dq entries on an H200, session 14).
     rng = np.random.default_rng(34)
     steps, b, hq, hkv, d, n, kb, bs = 2, 2, 32, 8, 128, 65_536, 64, 64
     inputs = [attention_inputs(rng, b, hq, hkv, d, n, kb, bs, jnp.bfloat16) for _ in range(steps)]
@@ -435,8 +437,12 @@ def test_unchecked_gather_and_attention_traced_into_a_command_buffer():
     for replay in (False, True):  # the second run replays the recorded graphs
         outs = compiled(*args) if replay else run_traced_into_command_buffers(compiled, *args, calls=3)
         for step in range(steps):
-            for got, want in zip(outs, jax.jit(one)(*(a[step] for a in args))):
-                assert_same_bits(got[step], want)
+            out, dq, dk, dv, gathered = jax.jit(one)(*(a[step] for a in args))
+            assert_same_bits(outs[0][step], out)
+            assert_same_bits(outs[4][step], gathered)
+            for got, want in zip(outs[1:4], (dq, dk, dv)):
+                got, want = np.asarray(got[step], np.float32), np.asarray(want, np.float32)
+                np.testing.assert_allclose(got, want, rtol=1e-2, atol=1e-2 * np.abs(want).max())
 
 
 # Tensor-core kernel (bfloat16/float16, d 64 or 128, group <= 8) and the warp kernel (float32,
