@@ -145,6 +145,21 @@ def test_graph_safe_cuda_ops():
     assert set(cuda.ffi_types()) == {"jax_hetero.cuda.call_site_scratch"}
 
 
+def test_unchecked_calls_lower_to_the_graph_safe_cuda_targets():
+    # Lowered for CUDA (no GPU needed): check_indices=False calls the <op>_unchecked target,
+    # the default check the synchronising one.
+    if jh.backends.module("cuda") is None:
+        pytest.skip("jax_hetero was built without the CUDA backend")
+    table, rows = jnp.zeros((64, 16)), jnp.zeros((8,), jnp.int32)
+    q, k, blocks = jnp.zeros((1, 4, 64)), jnp.zeros((1, 256, 2, 64)), jnp.zeros((1, 2, 4), jnp.int32)
+    calls = {"gather": lambda check: jh.gather(table, rows, check_indices=check),
+             "sparse_attention": lambda check: jh.sparse_attention(q, k, k, blocks, block_size=16, check_indices=check)}
+    for op, call in calls.items():
+        for check, target in ((False, f"jax_hetero_{op}_unchecked_cuda"), (True, f"jax_hetero_{op}_cuda")):
+            text = jax.jit(lambda: call(check)).trace().lower(lowering_platforms=("cuda",)).as_text()
+            assert f"@{target}(" in text, (op, check)
+
+
 def test_use_backend_context():
     with jh.use_backend("xla"):
         text = jax.jit(lambda s: jh.topk(s, 2)).lower(x).as_text()
