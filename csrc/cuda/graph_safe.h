@@ -2,7 +2,7 @@
 // handler launches the same work at every call, never synchronises or asks the stream for its
 // device while the stream is captured, and keeps its scratch memory in a CallSiteScratch
 // (graph_safe.cu) instead of XLA's per-call scratch allocator.  Handlers registered with
-// JAX_HETERO_REGISTER_GRAPH_SAFE carry the command-buffer trait and that state.
+// JAX_HETERO_REGISTER_GRAPH_SAFE carry XLA's command-buffer trait.
 #pragma once
 #include <atomic>
 #include <cstddef>
@@ -20,9 +20,9 @@
 namespace jax_hetero {
 
 // GPU scratch memory of one custom call of one executable, kept from call to call: the FFI
-// state of the handlers that XLA may trace into a command buffer (a CUDA graph).  Those cannot
-// take XLA's scratch allocator, whose memory is freed when the handler returns while the graph
-// keeps its address.  A call's n-th allocation gets the call site's n-th buffer on that device
+// state of every CUDA handler (module.cc registers them all with its instantiate handler).  A
+// handler that XLA may trace into a command buffer cannot take XLA's scratch allocator, whose
+// memory is freed when the handler returns while the graph keeps its address.  A call's n-th allocation gets the call site's n-th buffer on that device
 // (an executable's thunks run on every local device), allocated the first time; a call site's
 // plan, and so its allocations, are the same at every call.  Reusing them from call to call is
 // safe because the runs of one executable on one device follow one another on its stream.
