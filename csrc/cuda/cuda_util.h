@@ -38,7 +38,9 @@ inline ffi::Error cuda_error(const char* op, cudaError_t err, const char* what) 
 // the op's kernels (which must skip entries outside [-1, upper) on their own), a kernel that
 // records an offending entry in a 2-int scratch flag; read_index_check, after them, copies the
 // flag back (one stream sync, so the host cannot run ahead of this call) and reports the entry
-// as "<op>: <name> contains <value>, outside [0, upper) (<what>); use -1 ...".
+// as "<op>: <name> contains <value>, outside [0, upper) (<what>); use -1 ...".  A kernel that
+// checks its indices itself (gather) takes the flag from zeroed_index_flag.
+ffi::Error zeroed_index_flag(const char* op, cudaStream_t stream, DeviceScratch& scratch, int** flag);
 ffi::Error queue_index_check(const char* op, cudaStream_t stream, DeviceScratch& scratch,
                              const int32_t* indices, int64_t count, int64_t upper, int sms, int** flag);
 ffi::Error read_index_check(const char* op, cudaStream_t stream, const int* flag, const char* name, int64_t upper,

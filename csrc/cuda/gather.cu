@@ -96,11 +96,7 @@ ffi::Error gather_cuda(cudaStream_t stream, CallSiteScratch* site, ffi::AnyBuffe
   int* bad = nullptr;  // the check's flag: only a checked call pays for reading it back
   if (check_indices) {
     DeviceScratch scratch{*site, dev.device};
-    ScratchArena arena;
-    arena.reserve(2 * sizeof(int));
-    JH_RETURN_IF_ERROR(arena.allocate(op, scratch));
-    bad = arena.take<int>(2 * sizeof(int));
-    JH_CUDA_CHECK(op, cudaMemsetAsync(bad, 0, 2 * sizeof(int), stream));
+    JH_RETURN_IF_ERROR(zeroed_index_flag(op, stream, scratch, &bad));
   }
   const void* src = table.untyped_data();
   void* dst = out->untyped_data();

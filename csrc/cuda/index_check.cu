@@ -15,13 +15,18 @@ __global__ void find_bad_index_kernel(const int32_t* indices, int64_t count, int
 
 }  // namespace
 
-ffi::Error queue_index_check(const char* op, cudaStream_t stream, DeviceScratch& scratch,
-                             const int32_t* indices, int64_t count, int64_t upper, int sms, int** flag) {
+ffi::Error zeroed_index_flag(const char* op, cudaStream_t stream, DeviceScratch& scratch, int** flag) {
   ScratchArena arena;
   arena.reserve(2 * sizeof(int));
   JH_RETURN_IF_ERROR(arena.allocate(op, scratch));
   *flag = arena.take<int>(2 * sizeof(int));
   JH_CUDA_CHECK(op, cudaMemsetAsync(*flag, 0, 2 * sizeof(int), stream));
+  return ffi::Error::Success();
+}
+
+ffi::Error queue_index_check(const char* op, cudaStream_t stream, DeviceScratch& scratch,
+                             const int32_t* indices, int64_t count, int64_t upper, int sms, int** flag) {
+  JH_RETURN_IF_ERROR(zeroed_index_flag(op, stream, scratch, flag));
   if (count == 0) return ffi::Error::Success();
   const int64_t blocks = std::min<int64_t>((count + kCheckThreads - 1) / kCheckThreads, int64_t(sms) * 4);
   find_bad_index_kernel<<<unsigned(blocks), kCheckThreads, 0, stream>>>(indices, count, upper, *flag);

@@ -1126,10 +1126,10 @@ template <class LaunchFirst>
 ffi::Error run_levels(const char* op, cudaStream_t stream, DeviceScratch& scratch,
                       const LevelPlan& first_plan, const LaunchFirst& launch_first, const int32_t* lengths,
                       int64_t rows, int64_t n, SelectParams p, const DeviceInfo& dev) {
-  const int pair_cluster = remembered(dev.device, 0, [] { return max_cluster_size<PairLoader>(kPairCapacity, 0); });
-  const int64_t k = p.k;
   if (first_plan.one_wave && first_plan.num_segments > 1)
     return run_row_merged(op, stream, scratch, first_plan, launch_first, rows, p);
+  const int pair_cluster = remembered(dev.device, 0, [] { return max_cluster_size<PairLoader>(kPairCapacity, 0); });
+  const int64_t k = p.k;
 
   // Plan every level first so scratch is allocated once.
   LevelPlan plans[kMaxLevels];
