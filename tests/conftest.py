@@ -5,6 +5,7 @@ import os
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 
 import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
@@ -45,17 +46,28 @@ def skip_module_without_cuda():
         pytest.skip("jax_hetero was built without the CUDA backend", allow_module_level=True)
 
 
-def run_traced_into_command_buffers(compiled, *args, calls):
-    """Runs `compiled` (a loop of `calls` CUDA handler calls per step) and checks that XLA traced
-    those calls into command buffers (CUDA graphs): the CUDA module counts handler calls made
-    while their stream was being captured."""
+def run_stepped_in_command_buffers(one, stacked, calls):
+    """Runs one(inputs of step i) at every step i of a jitted loop over `stacked` (a pytree of
+    arrays with a leading step axis), twice, and returns both runs' outputs stacked by step.
+    The first run must trace the loop body's `calls` CUDA handler calls into XLA's command
+    buffers (CUDA graphs): the CUDA module counts handler calls made while their stream was
+    being captured.  The second run replays the recorded graphs."""
+    steps = len(jax.tree.leaves(stacked)[0])
+    at = lambda tree, step: jax.tree.map(lambda a: a[step], tree)
+
+    def run(stacked):
+        def body(step, outs):
+            return jax.tree.map(lambda o, r: o.at[step].set(r), outs, one(at(stacked, step)))
+        init = jax.tree.map(lambda r: jnp.zeros((steps, *r.shape), r.dtype), jax.eval_shape(one, at(stacked, 0)))
+        return jax.lax.fori_loop(0, steps, body, init)
+
+    compiled = jax.jit(run).lower(stacked).compile()
     cuda = backends.module("cuda")
     before = cuda.graph_traced_calls()
-    out = compiled(*args)
-    jax.block_until_ready(out)
+    first = jax.block_until_ready(compiled(stacked))
     traced = cuda.graph_traced_calls() - before
     assert traced >= calls, f"XLA traced {traced} of the {calls} handler calls into command buffers"
-    return out
+    return first, compiled(stacked)
 
 
 @pytest.fixture(scope="module")

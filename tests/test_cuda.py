@@ -15,7 +15,7 @@ import jax_hetero as jh
 from jax_hetero import backends
 from jax_hetero.ops.gather import gather_reference
 from jax_hetero.ops.sparse_attention import selected_token_mask, sparse_attention_reference
-from conftest import (SPECIALS, child_env, numpy_topk, run_traced_into_command_buffers, skip_module_without_cuda,
+from conftest import (SPECIALS, child_env, numpy_topk, run_stepped_in_command_buffers, skip_module_without_cuda,
                       topk_edge_rows)
 
 skip_module_without_cuda()
@@ -261,17 +261,8 @@ def test_indexers_traced_into_a_command_buffer():
     cases = [dsa(1, 131_072, 2048), dsa(2, 20_000, 256), quest]
     stacks = [args for args, _ in cases]
 
-    def run(stacks):
-        def body(step, outs):
-            return tuple(jax.tree.map(lambda o, r: o.at[step].set(r), out, fn(*(a[step] for a in args)))
-                         for out, args, (_, fn) in zip(outs, stacks, cases))
-        init = tuple(jax.tree.map(lambda r: jnp.zeros((steps, *r.shape), r.dtype), jax.eval_shape(fn, *(a[0] for a in args)))
-                     for args, fn in cases)
-        return jax.lax.fori_loop(0, steps, body, init)
-
-    compiled = jax.jit(run).lower(stacks).compile()
-    for replay in (False, True):  # the second run replays the recorded graphs
-        outs = compiled(stacks) if replay else run_traced_into_command_buffers(compiled, stacks, calls=len(cases))
+    one = lambda stacks: tuple(fn(*args) for args, (_, fn) in zip(stacks, cases))
+    for outs in run_stepped_in_command_buffers(one, stacks, calls=len(cases)):
         for out, (args, fn) in zip(outs, cases):
             for step in range(steps):
                 values, indices = jax.jit(fn)(*(a[step] for a in args))
@@ -419,25 +410,17 @@ def test_unchecked_gather_and_attention_traced_into_a_command_buffer():
     table = jnp.asarray(rng.standard_normal((steps, 4096, 256)), jnp.bfloat16)
     rows = jnp.asarray(rng.integers(0, 4096, (steps, 1000)).astype(np.int32))
 
-    def one(q, k, v, block_indices, table, rows):
+    def one(args):
+        q, k, v, block_indices, table, rows = args
         attend = lambda q, k, v: jh.sparse_attention(q, k, v, block_indices, block_size=bs, check_indices=False,
                                                      backend="cuda")
         out, vjp = jax.vjp(attend, q, k, v)
         return (out, *vjp(out), jh.gather(table, rows, check_indices=False, backend="cuda"))
 
-    def run(q, k, v, block_indices, table, rows):
-        args = (q, k, v, block_indices, table, rows)
-        def body(step, outs):
-            return tuple(o.at[step].set(r) for o, r in zip(outs, one(*(a[step] for a in args))))
-        init = tuple(jnp.zeros((steps, *r.shape), r.dtype) for r in jax.eval_shape(one, *(a[0] for a in args)))
-        return jax.lax.fori_loop(0, steps, body, init)
-
     args = (q, k, v, block_indices, table, rows)
-    compiled = jax.jit(run).lower(*args).compile()
-    for replay in (False, True):  # the second run replays the recorded graphs
-        outs = compiled(*args) if replay else run_traced_into_command_buffers(compiled, *args, calls=3)
+    for outs in run_stepped_in_command_buffers(one, args, calls=3):
         for step in range(steps):
-            out, dq, dk, dv, gathered = jax.jit(one)(*(a[step] for a in args))
+            out, dq, dk, dv, gathered = jax.jit(one)(tuple(a[step] for a in args))
             assert_same_bits(outs[0][step], out)
             assert_same_bits(outs[4][step], gathered)
             for got, want in zip(outs[1:4], (dq, dk, dv)):

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import jax_hetero as jh
-from conftest import SPECIALS, numpy_topk, run_traced_into_command_buffers, skip_module_without_cuda
+from conftest import SPECIALS, numpy_topk, run_stepped_in_command_buffers, skip_module_without_cuda
 
 skip_module_without_cuda()
 
@@ -239,18 +239,8 @@ def test_topk_traced_into_a_command_buffer():
     steps = 3
     inputs = [jnp.asarray(rng.standard_normal((steps, *shape)).astype(np.float32)) for shape, _ in cases]
 
-    def run(inputs):
-        def body(step, outs):
-            return tuple((v.at[step].set(tv), i.at[step].set(ti))
-                         for (v, i), x, (_, k) in zip(outs, inputs, cases)
-                         for tv, ti in [jh.topk(x[step], k, backend="cuda")])
-        outs = tuple((jnp.zeros((steps, *shape[:-1], k), jnp.float32), jnp.zeros((steps, *shape[:-1], k), jnp.int32))
-                     for shape, k in cases)
-        return jax.lax.fori_loop(0, steps, body, outs)
-
-    compiled = jax.jit(run).lower(inputs).compile()
-    for replay in (False, True):  # the second run replays the recorded graphs
-        outs = compiled(inputs) if replay else run_traced_into_command_buffers(compiled, inputs, calls=len(cases))
+    one = lambda xs: tuple(jh.topk(x, k, backend="cuda") for x, (_, k) in zip(xs, cases))
+    for outs in run_stepped_in_command_buffers(one, inputs, calls=len(cases)):
         for (values, indices), x, (shape, k) in zip(outs, inputs, cases):
             for step in range(steps):
                 full = np.full(shape[:-1], shape[-1], np.int32)
