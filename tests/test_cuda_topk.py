@@ -194,6 +194,29 @@ def test_topk_patterns_streaming_one_chunk(pattern, dtype):
     check_many(scores, (1, 64, 256, 512), lengths)
 
 
+@pytest.mark.parametrize("pattern", PATTERNS + ["one_outlier"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: jnp.dtype(d).name)
+def test_topk_short_rows(pattern, dtype):
+    # Up to one wave of rows of at most 8192 with k <= 256: short_select.cuh (a CTA per row,
+    # the keys in registers, a floor from group maxima, radix passes over [floor, max]).  One
+    # outlier per row makes the first pass's crossing digit hold nearly every key, so further
+    # passes run; few_values and all_equal end in the tie scan; odd n leaves rows unaligned.
+    # 200 rows (more than one wave) and k = 257 take the cluster select on the same rows.
+    rng = np.random.default_rng(31)
+    for rows, n in ((64, 8192), (7, 8191), (16, 3000), (200, 8192), (5, 100)):
+        if pattern == "one_outlier":
+            x = rng.standard_normal((rows, n)).astype(np.float32)
+            x[np.arange(rows), rng.integers(0, n, rows)] = 1e30
+        else:
+            x = pattern_rows(pattern, rows, n, rng)
+        scores = jnp.asarray(x).astype(dtype)
+        ks = tuple(sorted({min(k, n) for k in (1, 7, 64, 255, 256, 257)}))
+        check_many(scores, ks)
+        lengths = rng.integers(0, n + 1, rows).astype(np.int32)
+        lengths[:3] = [0, min(n, 100), n]
+        check_many(scores, ks, lengths)
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: jnp.dtype(d).name)
 def test_topk_short_lengths(dtype):
     # Valid lengths shorter than k, than a tile, than a warp; zero; exactly k; one past k.

@@ -1,4 +1,5 @@
-// CUDA handler for topk.  k <= kSortCap: rows much longer than k start with the streaming
+// CUDA handler for topk.  k <= kSortCap: up to one wave of short rows with small k take
+// short_select.cuh (a CTA per row, keys in registers); rows much longer than k start with the streaming
 // filter level (filter_select.cuh); other rows with a cluster radix select (select.cuh), one
 // level when a row fits the shared memory of one cluster or (float32) when one wave of
 // clusters holds the row and they merge their counts (row merge), otherwise a first level over
@@ -9,6 +10,7 @@
 #include "common/registry.h"
 #include "cuda/filter_select.cuh"
 #include "cuda/select.cuh"
+#include "cuda/short_select.cuh"
 #include "common/signatures.h"
 
 namespace jax_hetero {
@@ -233,10 +235,30 @@ struct RawSelect {
   }
 };
 
+// Rows that one wave of short_select_kernel covers (a CTA per row and SM), short enough for
+// its registers, with k small enough for its floor (at least k groups of 32 keys): 64 x 8192
+// k=256 took 5.8 us there against ~11.5 us for the cluster select's kernel (H200, 2026-11-28,
+// bench/short_select_micro.cu and the cluster trace).
+inline bool short_select_fits(int64_t rows, int64_t n, int64_t k, const DeviceInfo& dev) {
+  return rows <= dev.sms && n <= kShortMaxN && k <= kShortMaxK;
+}
+
+template <class T>
+ffi::Error topk_short(cudaStream_t stream, const T* x, const int32_t* lengths, int64_t rows, int64_t n, int64_t k,
+                      T* values, int32_t* indices) {
+  const char* op = "topk";
+  JH_CUDA_CHECK(op, allow_smem(short_select_kernel<T>, sizeof(ShortSmem)));
+  short_select_kernel<T><<<unsigned(rows), kShortThreads, sizeof(ShortSmem), stream>>>(x, lengths, int(n), int(k),
+                                                                                         values, indices);
+  JH_CUDA_CHECK(op, cudaGetLastError());
+  return ffi::Error::Success();
+}
+
 template <class T>
 ffi::Error topk_select(cudaStream_t stream, DeviceScratch& scratch, const T* x,
                        const int32_t* lengths, int64_t rows, int64_t n, int64_t k, T* values,
                        int32_t* indices, const DeviceInfo& dev) {
+  if (short_select_fits(rows, n, k, dev)) return topk_short(stream, x, lengths, rows, n, k, values, indices);
   SelectParams p{};
   p.k = k;
   p.key_low_bit = sizeof(T) == 2 ? 16 : 0;

@@ -1,0 +1,318 @@
+// Exact top-k of short rows (n <= kShortMaxN): one CTA per row keeps every key in registers,
+// eight consecutive columns per thread, so nothing is staged in shared memory and no cluster is
+// needed.  The cluster select (select.cuh) spends most of such a row's time on phases whose cost
+// is latency, not work; here every phase is one or two barriers:
+//   1. floor: the minimum over groups of 32-256 keys of each group's maximum.  When there are at
+//      least `need` such groups, at least `need` keys lie at or above it, so only keys at or
+//      above the floor (~16 % of a random row for k = n / 32) can win and are counted.
+//   2. radix passes over the key range [floor, max] (not over fixed bit fields, so 2048 digits
+//      spread even clustered float keys): each pass counts its candidates per digit, a suffix
+//      scan finds the digit of the need-th largest, and the next pass refines that digit alone.
+//      A pass ends the search when its digit is taken whole, or is a single key value (ties:
+//      the lowest columns among the equal keys win, by a scan over the CTA).
+//   3. order: the suffix scans place each digit's winners in one segment of the output, so a
+//      winner's rank is its segment's start plus the winners of its segment ahead of it (larger
+//      key, or equal key and lower column), counted over that short segment.
+#pragma once
+#include "cuda/cuda_util.h"
+
+namespace jax_hetero {
+
+constexpr int kShortThreads = 512;
+constexpr int kShortKeysPerThread = 16;
+constexpr int kShortMaxN = kShortThreads * kShortKeysPerThread;
+constexpr int kShortBins = 2048;
+constexpr int kShortDigitBits = 11;
+constexpr int kShortMaxPasses = 3;  // 11 + 11 + 10 bits cover any 32-bit key range
+// Groups of 32 keys per CTA: the largest k, so that the floor always prunes.
+constexpr int kShortMaxK = kShortMaxN / 32;
+// A last crossing digit of at most this many keys is placed like the digits above it and its
+// members ranked; the better `need - above` of them win (no further pass, no tie scan).
+constexpr int kShortRankedCross = 64;
+
+struct ShortSmem {
+  uint32_t hist[kShortMaxPasses][kShortBins];   // candidates per digit of each pass
+  uint32_t start[kShortMaxPasses][kShortBins];  // candidates in higher digits; the scatter's cursor
+  unsigned long long seg[kShortMaxK + kShortRankedCross];  // (key << 32 | ~column), segment by segment
+  unsigned long long list[kShortMaxN];                      // the candidates, the same way
+  alignas(16) uint32_t totals[kShortMaxPasses + 2][kShortThreads / 32];  // warp totals, one buffer per block scan
+  uint32_t floor_key, max_key;
+  uint32_t base[kShortMaxPasses], shift[kShortMaxPasses], cross[kShortMaxPasses];
+  uint32_t above[kShortMaxPasses];  // winners ranked ahead of pass p's range
+  uint32_t passes;                  // passes run, set by the last one
+  uint32_t tie_key, tie_take;       // the last pass's single key value and how many of it win
+  uint32_t cross_extra;             // losers in the last crossing digit when it is ranked
+};
+
+// Exclusive prefix sum of v over the CTA in thread order; one barrier.  `totals` must not be in
+// use by another scan that threads may still be reading.
+__device__ __forceinline__ uint32_t short_exclusive_scan(uint32_t v, uint32_t* totals) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  uint32_t incl = v;
+#pragma unroll
+  for (int o = 1; o < 32; o <<= 1) {
+    const uint32_t u = __shfl_up_sync(~0u, incl, o);
+    if (lane >= o) incl += u;
+  }
+  if (lane == 31) totals[warp] = incl;
+  __syncthreads();
+  uint32_t before = incl - v;
+#pragma unroll
+  for (int w = 0; w < kShortThreads / 32; w += 4) {
+    const uint4 q = *reinterpret_cast<const uint4*>(totals + w);
+    before += (w < warp ? q.x : 0u) + (w + 1 < warp ? q.y : 0u) + (w + 2 < warp ? q.z : 0u) + (w + 3 < warp ? q.w : 0u);
+  }
+  return before;
+}
+
+__device__ __forceinline__ uint32_t short_digit_shift(uint32_t span) {
+  const int bits = 32 - __clz(span);
+  return bits > kShortDigitBits ? uint32_t(bits - kShortDigitBits) : 0u;
+}
+
+__device__ __forceinline__ uint32_t bits_of(float v) { return __float_as_uint(v); }
+__device__ __forceinline__ uint32_t bits_of(bfloat16_bits v) { return v.bits; }
+__device__ __forceinline__ uint32_t bits_of(float16_bits v) { return v.bits; }
+
+// Development timing, as JH_SELECT_TRACE in select.cuh: thread 0 of block 0 prints the cycles
+// of each phase.
+#ifdef JH_SELECT_TRACE
+#define JH_SHORT_TRACE_START long long jh_t[16]; const char* jh_name[16]; int jh_n = 0; const long long jh_t0 = clock64()
+#define JH_SHORT_TRACE(name) \
+  if (blockIdx.x == 0 && threadIdx.x == 0 && jh_n < 16) jh_t[jh_n] = clock64(), jh_name[jh_n++] = (name)
+#define JH_SHORT_TRACE_END                                                              \
+  if (blockIdx.x == 0 && threadIdx.x == 0) {                                            \
+    printf("short select trace: %d passes, tie %u\n", passes, sh.tie_take);             \
+    for (int i = 0; i < jh_n; ++i)                                                      \
+      printf("  %-8s %8lld cycles\n", jh_name[i], jh_t[i] - (i ? jh_t[i - 1] : jh_t0)); \
+  }
+#else
+#define JH_SHORT_TRACE_START
+#define JH_SHORT_TRACE(name)
+#define JH_SHORT_TRACE_END
+#endif
+
+// One CTA per row of x [rows, n]; values/indices [rows, k], k <= min(n, kShortMaxK).  Keys of
+// 16-bit types are held as their 16-bit key, so the range and the digits are in their units.
+template <class T>
+__global__ void __launch_bounds__(kShortThreads, 1)
+    short_select_kernel(const T* x, const int32_t* lengths, int n, int k, T* values, int32_t* indices) {
+  extern __shared__ __align__(16) unsigned char short_smem_raw[];
+  ShortSmem& sh = *reinterpret_cast<ShortSmem*>(short_smem_raw);
+  constexpr int kKeys = kShortKeysPerThread;
+  constexpr int kWarps = kShortThreads / 32;
+  constexpr int kKeyShift = sizeof(T) == 2 ? 16 : 0;
+  JH_SHORT_TRACE_START;
+  const int t = threadIdx.x;
+  const int64_t row = blockIdx.x;
+  const T* src = x + row * n;
+  const int valid = min(max(lengths[row], 0), n);
+  const int need = min(valid, k);
+  const int col0 = t * kKeys;
+
+  // Issue the loads first; the shared-memory setup below overlaps their latency.
+  constexpr int kWords = kKeys * int(sizeof(T)) / 4;  // the thread's columns as 32-bit words
+  uint32_t word[kWords];
+  if (reinterpret_cast<uintptr_t>(src) % 16 == 0 && col0 + kKeys <= n) {
+#pragma unroll
+    for (int v = 0; v < kWords / 4; ++v) {
+      const uint4 q = __ldg(reinterpret_cast<const uint4*>(src + col0) + v);
+      word[4 * v] = q.x, word[4 * v + 1] = q.y, word[4 * v + 2] = q.z, word[4 * v + 3] = q.w;
+    }
+  } else {
+#pragma unroll
+    for (int s = 0; s < kKeys; ++s) {
+      const uint32_t bits = col0 + s < n ? bits_of(src[col0 + s]) : 0u;
+      if constexpr (sizeof(T) == 4) word[s] = bits;
+      else word[s / 2] = s % 2 ? word[s / 2] | bits << 16 : bits;
+    }
+  }
+  for (int i = t; i < kShortMaxPasses * kShortBins / 4; i += kShortThreads)
+    reinterpret_cast<uint4*>(sh.hist)[i] = make_uint4(0, 0, 0, 0);
+  if (t == 0) sh.floor_key = ~0u, sh.max_key = 0, sh.tie_take = 0, sh.above[0] = 0;
+  __syncthreads();
+  JH_SHORT_TRACE("load");
+
+  uint32_t key[kKeys];
+  unsigned live = 0;  // bit s: column col0 + s is within the row's length
+#pragma unroll
+  for (int s = 0; s < kKeys; ++s) {
+    if constexpr (sizeof(T) == 4) key[s] = key_of(__uint_as_float(word[s]));
+    else key[s] = key_of_bits16(uint16_t(word[s / 2] >> (16 * (s % 2)))) >> kKeyShift;
+    if (col0 + s < valid) live |= 1u << s;
+  }
+
+  // 1. The floor: the minimum over groups of `group` slots of a warp (32 * group keys) of the
+  //    groups' maxima, with the fewest slots per group that still leave `need` groups.  A column
+  //    past the length counts as key 0, the lowest: a group without a live key gives floor 0.
+  {
+    uint32_t m[kKeys];
+#pragma unroll
+    for (int s = 0; s < kKeys; ++s) m[s] = __reduce_max_sync(~0u, (live >> s & 1) ? key[s] : 0u);
+    uint32_t warp_floor = ~0u, warp_max = 0;
+#pragma unroll
+    for (int s = 0; s < kKeys; ++s) warp_floor = min(warp_floor, m[s]), warp_max = max(warp_max, m[s]);
+    // Wider groups: pairwise maxima, up to one group of all kKeys slots.
+#pragma unroll
+    for (int width = 2; width <= kKeys; width *= 2) {
+      if (kWarps * (kKeys / width) < need) break;
+      warp_floor = ~0u;
+#pragma unroll
+      for (int s = 0; s < kKeys; s += width) m[s] = max(m[s], m[s + width / 2]), warp_floor = min(warp_floor, m[s]);
+    }
+    if ((t & 31) == 0) atomicMin(&sh.floor_key, warp_floor), atomicMax(&sh.max_key, warp_max);
+  }
+  __syncthreads();
+  JH_SHORT_TRACE("floor");
+  // 2. The candidates (live keys at or above the floor) go to a dense list in column order, as
+  //    (key << 32 | ~column): the passes and the scatter then sweep ~2.6 entries per thread
+  //    (k = n / 32) with few shared-memory atomics, instead of every thread's sixteen slots.
+  const uint32_t floor_key = sh.floor_key;
+  uint32_t cands = 0;
+  {
+    const int lane = t & 31, warp = t >> 5;
+    unsigned cand = 0;
+#pragma unroll
+    for (int s = 0; s < kKeys; ++s)
+      if ((live >> s & 1) && key[s] >= floor_key) cand |= 1u << s;
+    const uint32_t mine = __popc(cand);
+    uint32_t at = short_exclusive_scan(mine, sh.totals[kShortMaxPasses + 1]);
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) cands += sh.totals[kShortMaxPasses + 1][w];
+    unsigned long long* out = sh.list + at;
+#pragma unroll
+    for (int s = 0; s < kKeys; ++s)
+      if (cand >> s & 1) *out++ = (uint64_t(key[s]) << 32) | uint32_t(~(col0 + s));
+  }
+  __syncthreads();
+  JH_SHORT_TRACE("listed");
+  // Whether a candidate's digits equal the crossing digits of passes [0, p).
+  auto on_path = [&](uint32_t k32, int p) {
+    for (int q = 0; q < p; ++q)
+      if (((k32 - sh.base[q]) >> sh.shift[q]) != sh.cross[q]) return false;
+    return true;
+  };
+
+  // 3. Radix passes over [floor, max]: pass p counts the candidates still on the crossing path.
+  int passes = 0;
+  uint32_t base = floor_key, shift = short_digit_shift(sh.max_key - floor_key);
+  for (int p = 0; need > 0; ++p) {
+    for (uint32_t i = t; i < cands; i += kShortThreads) {
+      const uint32_t k32 = uint32_t(sh.list[i] >> 32);
+      if (p == 0 || on_path(k32, p)) atomicAdd(&sh.hist[p][(k32 - base) >> shift], 1u);
+    }
+    __syncthreads();
+    // Thread t holds kPer digits ending at hi, so thread order is descending digit order.
+    constexpr int kPer = kShortBins / kShortThreads;
+    static_assert(kPer == 4, "the scan reads four digits per thread");
+    const int lo = kShortBins - kPer * (t + 1);
+    const uint4 c = *reinterpret_cast<const uint4*>(&sh.hist[p][lo]);
+    const uint32_t before = short_exclusive_scan(c.x + c.y + c.z + c.w, sh.totals[p]);
+    const uint4 first = make_uint4(before + c.w + c.z + c.y, before + c.w + c.z, before + c.w, before);
+    *reinterpret_cast<uint4*>(&sh.start[p][lo]) = first;
+    const uint32_t above = sh.above[p], rest = uint32_t(need) - above;
+    int cross = -1;
+    uint32_t ahead = 0, count = 0;
+    const uint32_t cnt[4] = {c.x, c.y, c.z, c.w}, beg[4] = {first.x, first.y, first.z, first.w};
+#pragma unroll
+    for (int j = 0; j < 4; ++j)
+      if (beg[j] < rest && rest <= beg[j] + cnt[j]) cross = lo + j, ahead = beg[j], count = cnt[j];
+    if (cross >= 0) {
+      sh.cross[p] = uint32_t(cross);
+      const uint32_t left = rest - ahead;  // winners still to find in the crossing digit
+      if (count == left || count <= kShortRankedCross) {
+        sh.passes = p + 1, sh.cross_extra = count - left;  // the digit is taken whole, or ranked
+      } else if (shift == 0) {
+        sh.passes = p + 1, sh.tie_key = base + uint32_t(cross), sh.tie_take = left;
+      } else {
+        sh.passes = 0;
+        const uint32_t next_base = base + (uint32_t(cross) << shift);
+        sh.base[p + 1] = next_base;
+        sh.shift[p + 1] = short_digit_shift(min((1u << shift) - 1u, sh.max_key - next_base));
+        sh.above[p + 1] = above + ahead;
+      }
+      sh.base[p] = base, sh.shift[p] = shift;
+    }
+    __syncthreads();
+    JH_SHORT_TRACE("pass");
+    if (sh.passes != 0) {
+      passes = sh.passes;
+      break;
+    }
+    base = sh.base[p + 1], shift = sh.shift[p + 1];
+  }
+
+  // Ties at the last pass's key value: the lowest columns win (columns are in thread order).
+  const uint32_t tie_take = passes > 0 ? sh.tie_take : 0u;
+  unsigned tied = 0;
+  uint32_t tie_rank = 0;
+  if (tie_take > 0) {
+    const uint32_t tie_key = sh.tie_key;
+#pragma unroll
+    for (int s = 0; s < kKeys; ++s)
+      if ((live >> s & 1) && key[s] == tie_key) tied |= 1u << s;
+    tie_rank = short_exclusive_scan(__popc(tied), sh.totals[kShortMaxPasses]);
+  }
+  JH_SHORT_TRACE("ties");
+
+  // 4. Scatter the winners (and a ranked crossing digit) of each digit into its segment; tied
+  //    winners are ranked already.
+  for (uint32_t i = t; i < cands && passes > 0; i += kShortThreads) {
+    const unsigned long long comp = sh.list[i];
+    const uint32_t k32 = uint32_t(comp >> 32);
+    for (int p = 0; p < passes; ++p) {
+      const uint32_t d = (k32 - sh.base[p]) >> sh.shift[p];
+      const uint32_t cross = sh.cross[p];
+      if (d < cross) break;
+      if (d > cross || (p == passes - 1 && tie_take == 0)) {
+        sh.seg[sh.above[p] + atomicAdd(&sh.start[p][d], 1u)] = comp;
+        break;
+      }
+    }
+  }
+  __syncthreads();
+  JH_SHORT_TRACE("scatter");
+
+  T* out_values = values + row * k;
+  int32_t* out_indices = indices + row * k;
+  auto write = [&](uint32_t rank, uint32_t k32, int column) {
+    if constexpr (sizeof(T) == 4) reinterpret_cast<uint32_t*>(out_values)[rank] = bits32_of_key(k32);
+    else reinterpret_cast<uint16_t*>(out_values)[rank] = bits16_of_key(k32 << 16);
+    out_indices[rank] = column;
+  };
+  // Thread j ranks the winners at slots j, j + kShortThreads, ... inside the segment of the pass and
+  // digit where they left the crossing path (the scatter's cursor ends past the segment).
+  const uint32_t placed = passes > 0 ? uint32_t(need) - tie_take + (tie_take ? 0u : sh.cross_extra) : 0u;
+  for (uint32_t j = t; j < placed; j += kShortThreads) {
+    const unsigned long long mine = sh.seg[j];
+    const uint32_t k32 = uint32_t(mine >> 32);
+    uint32_t begin = 0, len = 0;
+    for (int p = 0; p < passes; ++p) {
+      const uint32_t d = (k32 - sh.base[p]) >> sh.shift[p];
+      if (d != sh.cross[p] || p == passes - 1) {
+        len = sh.hist[p][d], begin = sh.above[p] + sh.start[p][d] - len;
+        break;
+      }
+    }
+    uint32_t ahead = 0;
+    for (uint32_t i = begin; i < begin + len; ++i) ahead += sh.seg[i] > mine;
+    if (begin + ahead < uint32_t(need)) write(begin + ahead, k32, int(~uint32_t(mine)));
+  }
+  if (tie_take > 0) {
+#pragma unroll
+    for (int s = 0; s < kKeys; ++s) {
+      if (!(tied >> s & 1)) continue;
+      if (tie_rank < tie_take) write(uint32_t(need) - tie_take + tie_rank, key[s], col0 + s);
+      ++tie_rank;
+    }
+  }
+  for (int j = need + t; j < k; j += kShortThreads) {
+    if constexpr (sizeof(T) == 4) reinterpret_cast<uint32_t*>(out_values)[j] = 0xff800000u;
+    else reinterpret_cast<uint16_t*>(out_values)[j] = std::is_same_v<T, bfloat16_bits> ? 0xff80u : 0xfc00u;
+    out_indices[j] = -1;
+  }
+  JH_SHORT_TRACE("order");
+  JH_SHORT_TRACE_END;
+}
+
+}  // namespace jax_hetero
