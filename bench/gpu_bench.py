@@ -38,19 +38,21 @@ def rotations(nbytes: int, limit: int = 8) -> int:
 def time_jax(op, inputs, repeats=7, budget_s=0.25):
     """Median seconds per op(*inputs[j]) call, by the two-loop slope.
 
-    op(*args, dep) must use the scalar `dep` (the previous call's result) cheaply, so the
-    loop body cannot be hoisted or merged across iterations.
+    Each call's inputs pass an optimization barrier together with a scalar that the previous
+    call's output feeds, so the calls run one after another and none is hoisted out of the
+    loop; per call, one fused scalar kernel runs besides the op.
     """
     r = len(inputs)
 
     def make(trips):
         def run(inputs):
-            def body(_, acc):
+            def body(_, chain):
                 for args in inputs:
+                    args, chain = jax.lax.optimization_barrier((args, chain))
                     # the barrier keeps XLA from computing only the element read below
-                    out = jax.lax.optimization_barrier(op(*args, acc))
-                    acc = acc + jnp.ravel(jax.tree_util.tree_leaves(out)[0])[0].astype(jnp.float32) * 0.0
-                return acc
+                    out = jax.lax.optimization_barrier(op(*args))
+                    chain = chain + jnp.ravel(jax.tree_util.tree_leaves(out)[0])[0].astype(jnp.float32) * 0.0
+                return chain
             return jax.lax.fori_loop(0, trips, body, jnp.float32(0))
         return jax.jit(run)
 
@@ -147,13 +149,12 @@ def bench_topk(opts):
         ok = bool(jnp.array_equal(i, ei)) and bool(jnp.array_equal(v.view(jnp.uint16 if v.dtype.itemsize == 2 else jnp.uint32),
                                                                      ev.view(jnp.uint16 if v.dtype.itemsize == 2 else jnp.uint32)))
         note = "exact" if ok else "MISMATCH"
-        t = time_jax(lambda x, dep: jh.topk(x, k, lengths=full + (dep > 1e30).astype(jnp.int32), backend="cuda"),
-                     [(x,) for x in xs])
+        t = time_jax(lambda x: jh.topk(x, k, lengths=full, backend="cuda"), [(x,) for x in xs])
         record("topk", name, "jax_hetero cuda", t, nbytes, note)
         if not opts.baselines:
             continue
         slow = rows * n >= 10_000_000 and k <= 16  # lax.top_k takes 15-155 ms here
-        t = time_jax(lambda x, dep: jax.lax.top_k(x.at[0, 0].add((dep > 1e30).astype(x.dtype)), k),
+        t = time_jax(lambda x: jax.lax.top_k(x, k),
                      [(x,) for x in xs[:1 if slow else r]], repeats=3 if slow else 7, budget_s=0.5)
         record("topk", name, "jax.lax.top_k", t, nbytes)
         if opts.torch:
@@ -175,10 +176,10 @@ def bench_gather(opts):
     note = "exact" if bool(jnp.array_equal(got, jnp.take(table, idx[0], axis=0))) else "MISMATCH"
     name = f"{count:,} rows of 2 KB from {m:,}"
     for check in (False, True):  # the run-time index check costs a device-to-host sync
-        t = time_jax(lambda tb, i, dep: jh.gather(tb, i + (dep > 1e30).astype(jnp.int32), backend="cuda",
+        t = time_jax(lambda tb, i: jh.gather(tb, i, backend="cuda",
                                                   check_indices=check), [(table, i) for i in idx])
         record("gather", name, "jax_hetero cuda" + (", checked" if check else ""), t, nbytes, note)
-    t = time_jax(lambda tb, i, dep: jnp.take(tb, i + (dep > 1e30).astype(jnp.int32), axis=0),
+    t = time_jax(lambda tb, i: jnp.take(tb, i, axis=0),
                  [(table, i) for i in idx])
     record("gather", name, "jnp.take", t, nbytes)
     if opts.torch:
@@ -208,13 +209,11 @@ def bench_indexer(opts):
     ev, _ = jh.indexer(q, keys, k, kind="dsa", weights=w, backend="xla")
     err = float(jnp.max(jnp.abs(v - ev)) / jnp.max(jnp.abs(ev)))
     record_note = f"max rel err {err:.1e}"
-    t = time_jax(lambda q, kk, w, dep: jh.indexer(q, kk, k, kind="dsa", weights=w,
-                                                  lengths=full + (dep > 1e30).astype(jnp.int32), backend="cuda"), sets)
+    t = time_jax(lambda q, kk, w: jh.indexer(q, kk, k, kind="dsa", weights=w, lengths=full, backend="cuda"), sets)
     record("indexer", name, "jax_hetero cuda (fused)", t, nbytes, record_note)
     if not opts.baselines:
         return
-    t = time_jax(lambda q, kk, w, dep: jh.indexer(q, kk, k, kind="dsa", weights=w,
-                                                  lengths=full - (dep > 1e30).astype(jnp.int32), backend="xla"), sets)
+    t = time_jax(lambda q, kk, w: jh.indexer(q, kk, k, kind="dsa", weights=w, lengths=full, backend="xla"), sets)
     record("indexer", name, "einsum+relu+lax.top_k", t, nbytes)
 
 
@@ -240,16 +239,14 @@ def bench_attention(opts):
     got = jh.sparse_attention(q, k, v, sel[0], block_size=bs, backend="cuda").astype(jnp.float32)
     want = sparse_attention_reference(q, k, v, sel[0], full, bs, d ** -0.5).astype(jnp.float32)
     err = float(jnp.max(jnp.abs(got - want)))
-    run = lambda bk, check: (lambda q, k, v, s, dep: jh.sparse_attention(
-        q, k, v, s, block_size=bs, lengths=full - (dep > 1e30).astype(jnp.int32), backend=bk,
-        check_indices=check))
+    run = lambda bk, check: (lambda q, k, v, s: jh.sparse_attention(
+        q, k, v, s, block_size=bs, lengths=full, backend=bk, check_indices=check))
     for check in (False, True):  # the run-time index check costs a device-to-host sync
         t = time_jax(run("cuda", check), [(q, k, v, s) for s in sel])
         record("attention", name, "jax_hetero cuda" + (", checked" if check else ""), t, nbytes,
                f"max abs err {err:.1e}")
     # the jnp reference without the op's host-callback index check (needs no CPU platform)
-    ref = lambda q, k, v, s, dep: sparse_attention_reference(q, k, v, s, full - (dep > 1e30).astype(jnp.int32),
-                                                             bs, d ** -0.5)
+    ref = lambda q, k, v, s: sparse_attention_reference(q, k, v, s, full, bs, d ** -0.5)
     t = time_jax(ref, [(q, k, v, s) for s in sel], repeats=3)
     record("attention", name, "gather+dense jnp", t, nbytes)
 

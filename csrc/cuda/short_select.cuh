@@ -1,17 +1,19 @@
-// Exact top-k of short rows (n <= kShortMaxN): one CTA per row keeps every key in registers,
-// eight consecutive columns per thread, so nothing is staged in shared memory and no cluster is
-// needed.  The cluster select (select.cuh) spends most of such a row's time on phases whose cost
-// is latency, not work; here every phase is one or two barriers:
-//   1. floor: the minimum over groups of 32-256 keys of each group's maximum.  When there are at
-//      least `need` such groups, at least `need` keys lie at or above it, so only keys at or
-//      above the floor (~16 % of a random row for k = n / 32) can win and are counted.
+// Exact top-k of short rows (n <= kShortMaxN, k <= kShortMaxK): one CTA of 512 threads per
+// row keeps the row in registers, sixteen consecutive columns per thread, so nothing is staged
+// in shared memory and no cluster is needed.  The cluster select (select.cuh) spends most of
+// such a row's time on phases whose cost is latency, not work; here each phase is a barrier or
+// two:
+//   1. floor: the minimum over groups of 32-256 keys of each group's maximum, with at least
+//      `need` groups: at least `need` keys lie at or above it, so only those (~16 % of a random
+//      row for k = n / 32) can win.  They go to a dense list in column order.
 //   2. radix passes over the key range [floor, max] (not over fixed bit fields, so 2048 digits
-//      spread even clustered float keys): each pass counts its candidates per digit, a suffix
-//      scan finds the digit of the need-th largest, and the next pass refines that digit alone.
-//      A pass ends the search when its digit is taken whole, or is a single key value (ties:
-//      the lowest columns among the equal keys win, by a scan over the CTA).
-//   3. order: the suffix scans place each digit's winners in one segment of the output, so a
-//      winner's rank is its segment's start plus the winners of its segment ahead of it (larger
+//      spread even clustered float keys): each pass counts the listed candidates per digit, a
+//      suffix scan finds the digit of the need-th largest, and the next pass refines that digit
+//      alone.  The search ends when that digit is taken whole, holds at most kShortRankedCross
+//      keys (they are ranked with the winners and the best of them win), or is a single key
+//      value (ties: the lowest columns win, by a scan over the CTA).
+//   3. order: the suffix scans give each digit's winners one segment of the output, so a
+//      winner's rank is its segment's start plus the entries of its segment ahead of it (larger
 //      key, or equal key and lower column), counted over that short segment.
 #pragma once
 #include "cuda/cuda_util.h"
