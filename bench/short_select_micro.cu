@@ -61,7 +61,8 @@ __global__ void read_floor_kernel(const T* x, int n, int k, T* values, int32_t* 
 
 template <class T>
 static void launch(const T* x, const int32_t* len, int rows, int n, int k, T* v, int32_t* i, cudaStream_t s) {
-  short_select_kernel<T><<<rows, kShortThreads, sizeof(ShortSmem), s>>>(x, len, n, k, v, i);
+  const uint32_t neg_inf = sizeof(T) == 4 ? 0xff800000u : 0xff80u;  // float32 or bfloat16
+  short_select_kernel<T><<<rows, kShortThreads, sizeof(ShortSmem), s>>>(x, len, n, k, v, i, neg_inf);
 }
 
 // Returns the number of mismatching rows.

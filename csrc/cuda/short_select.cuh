@@ -3,7 +3,7 @@
 // in shared memory and no cluster is needed.  The cluster select (select.cuh) spends most of
 // such a row's time on phases whose cost is latency, not work; here each phase is a barrier or
 // two:
-//   1. floor: the minimum over groups of 32-256 keys of each group's maximum, with at least
+//   1. floor: the minimum over groups of 32-512 keys of each group's maximum, with at least
 //      `need` groups: at least `need` keys lie at or above it, so only those (~16 % of a random
 //      row for k = n / 32) can win.  They go to a dense list in column order.
 //   2. radix passes over the key range [floor, max] (not over fixed bit fields, so 2048 digits
@@ -94,11 +94,13 @@ __device__ __forceinline__ uint32_t bits_of(float16_bits v) { return v.bits; }
 #define JH_SHORT_TRACE_END
 #endif
 
-// One CTA per row of x [rows, n]; values/indices [rows, k], k <= min(n, kShortMaxK).  Keys of
-// 16-bit types are held as their 16-bit key, so the range and the digits are in their units.
+// One CTA per row of x [rows, n]; values/indices [rows, k], k <= min(n, kShortMaxK); neg_inf_bits:
+// -inf in T.  Keys of 16-bit types are held as their 16-bit key, so the range and the digits are
+// in their units.
 template <class T>
 __global__ void __launch_bounds__(kShortThreads, 1)
-    short_select_kernel(const T* x, const int32_t* lengths, int n, int k, T* values, int32_t* indices) {
+    short_select_kernel(const T* x, const int32_t* lengths, int n, int k, T* values, int32_t* indices,
+                        uint32_t neg_inf_bits) {
   extern __shared__ __align__(16) unsigned char short_smem_raw[];
   ShortSmem& sh = *reinterpret_cast<ShortSmem*>(short_smem_raw);
   constexpr int kKeys = kShortKeysPerThread;
@@ -144,9 +146,9 @@ __global__ void __launch_bounds__(kShortThreads, 1)
     if (col0 + s < valid) live |= 1u << s;
   }
 
-  // 1. The floor: the minimum over groups of `group` slots of a warp (32 * group keys) of the
-  //    groups' maxima, with the fewest slots per group that still leave `need` groups.  A column
-  //    past the length counts as key 0, the lowest: a group without a live key gives floor 0.
+  // 1. The floor: the minimum of the groups' maxima over groups of 1-16 slots of a warp (32-512
+  //    keys), with the fewest slots per group that still leave `need` groups.  A column past the
+  //    length counts as key 0, the lowest: a group without a live key gives floor 0.
   {
     uint32_t m[kKeys];
 #pragma unroll
@@ -172,13 +174,12 @@ __global__ void __launch_bounds__(kShortThreads, 1)
   const uint32_t floor_key = sh.floor_key;
   uint32_t cands = 0;
   {
-    const int lane = t & 31, warp = t >> 5;
     unsigned cand = 0;
 #pragma unroll
     for (int s = 0; s < kKeys; ++s)
       if ((live >> s & 1) && key[s] >= floor_key) cand |= 1u << s;
     const uint32_t mine = __popc(cand);
-    uint32_t at = short_exclusive_scan(mine, sh.totals[kShortMaxPasses + 1]);
+    const uint32_t at = short_exclusive_scan(mine, sh.totals[kShortMaxPasses + 1]);
 #pragma unroll
     for (int w = 0; w < kWarps; ++w) cands += sh.totals[kShortMaxPasses + 1][w];
     unsigned long long* out = sh.list + at;
@@ -204,7 +205,7 @@ __global__ void __launch_bounds__(kShortThreads, 1)
       if (p == 0 || on_path(k32, p)) atomicAdd(&sh.hist[p][(k32 - base) >> shift], 1u);
     }
     __syncthreads();
-    // Thread t holds kPer digits ending at hi, so thread order is descending digit order.
+    // Thread t holds the kPer digits from lo up, so thread order is descending digit order.
     constexpr int kPer = kShortBins / kShortThreads;
     static_assert(kPer == 4, "the scan reads four digits per thread");
     const int lo = kShortBins - kPer * (t + 1);
@@ -308,9 +309,9 @@ __global__ void __launch_bounds__(kShortThreads, 1)
       ++tie_rank;
     }
   }
-  for (int j = need + t; j < k; j += kShortThreads) {
-    if constexpr (sizeof(T) == 4) reinterpret_cast<uint32_t*>(out_values)[j] = 0xff800000u;
-    else reinterpret_cast<uint16_t*>(out_values)[j] = std::is_same_v<T, bfloat16_bits> ? 0xff80u : 0xfc00u;
+  for (int j = need + t; j < k; j += kShortThreads) {  // past the length: (-inf, -1)
+    if constexpr (sizeof(T) == 4) reinterpret_cast<uint32_t*>(out_values)[j] = neg_inf_bits;
+    else reinterpret_cast<uint16_t*>(out_values)[j] = uint16_t(neg_inf_bits);
     out_indices[j] = -1;
   }
   JH_SHORT_TRACE("order");

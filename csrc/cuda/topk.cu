@@ -21,7 +21,8 @@ namespace {
 template <class Staged>
 constexpr int kRawCapacity = sizeof(Staged) == 2 ? 65536 : 16384;
 // Raw rows are split over a cluster only while every CTA keeps 8192 keys: one CTA per row of
-// 64 x 8192 k=256 took 16.5 us against 24.2 us for clusters of 4 (H200, 2026-11-28).
+// 64 x 8192 k=256 took 16.5 us against 24.2 us for clusters of 4 (H200, 2026-11-28, before
+// short_select took that shape).
 constexpr int kRawMinPerCta = 8192;
 // Truncated keys per CTA of a row-merged launch (216 KiB of shared memory): a row that 65,536
 // per CTA cannot cover in one wave, such as 1 x 10M on 112 CTAs, runs as one level.
@@ -237,8 +238,8 @@ struct RawSelect {
 
 // Rows that one wave of short_select_kernel covers (a CTA per row and SM), short enough for
 // its registers, with k small enough for its floor (at least k groups of 32 keys): 64 x 8192
-// k=256 took 5.8 us there against ~11.5 us for the cluster select's kernel (H200, 2026-11-28,
-// bench/short_select_micro.cu and the cluster trace).
+// k=256 took 5.8 us there against ~11.5 us for the cluster select's kernel, 7.0 against 14.2 us
+// through jax (H200, 2026-11-28; bench/short_select_micro.cu, bench/gpu_bench.py).
 inline bool short_select_fits(int64_t rows, int64_t n, int64_t k, const DeviceInfo& dev) {
   return rows <= dev.sms && n <= kShortMaxN && k <= kShortMaxK;
 }
@@ -248,8 +249,8 @@ ffi::Error topk_short(cudaStream_t stream, const T* x, const int32_t* lengths, i
                       T* values, int32_t* indices) {
   const char* op = "topk";
   JH_CUDA_CHECK(op, allow_smem(short_select_kernel<T>, sizeof(ShortSmem)));
-  short_select_kernel<T><<<unsigned(rows), kShortThreads, sizeof(ShortSmem), stream>>>(x, lengths, int(n), int(k),
-                                                                                         values, indices);
+  short_select_kernel<T><<<unsigned(rows), kShortThreads, sizeof(ShortSmem), stream>>>(
+      x, lengths, int(n), int(k), values, indices, neg_inf_bits<T>());
   JH_CUDA_CHECK(op, cudaGetLastError());
   return ffi::Error::Success();
 }
