@@ -6,6 +6,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <cstdio>
 #include <map>
 #include <mutex>
 #include <string>
@@ -134,6 +135,25 @@ class ScratchArena {
 
 __host__ __device__ __forceinline__ int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 __host__ __device__ __forceinline__ int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
+
+// Development timing (build with CUDAFLAGS=-DJH_SELECT_TRACE): in a kernel that starts with
+// JH_TRACE_START, thread 0 of block 0 notes the SM clock at each JH_TRACE(phase) and, at
+// JH_TRACE_END(format, ...), prints that header line and the cycles of every phase.
+#ifdef JH_SELECT_TRACE
+#define JH_TRACE_START long long jh_t[24]; const char* jh_name[24]; int jh_n = 0; const long long jh_t0 = clock64()
+#define JH_TRACE(name) \
+  if (blockIdx.x == 0 && threadIdx.x == 0 && jh_n < 24) jh_t[jh_n] = clock64(), jh_name[jh_n++] = (name)
+#define JH_TRACE_END(...)                                                               \
+  if (blockIdx.x == 0 && threadIdx.x == 0) {                                            \
+    printf(__VA_ARGS__);                                                                \
+    for (int i = 0; i < jh_n; ++i)                                                      \
+      printf("  %-8s %8lld cycles\n", jh_name[i], jh_t[i] - (i ? jh_t[i - 1] : jh_t0)); \
+  }
+#else
+#define JH_TRACE_START
+#define JH_TRACE(name)
+#define JH_TRACE_END(...)
+#endif
 
 // ---- key order on the device (same order as common/float_bits.h's order_key) ----
 // 32-bit keys; 16-bit types keep their own 16-bit key in the upper half, so radix passes

@@ -25,25 +25,6 @@
 namespace jax_hetero {
 namespace cg = cooperative_groups;
 
-// Development timing (build with CUDAFLAGS=-DJH_SELECT_TRACE): thread 0 of block 0 notes the
-// SM clock at each phase boundary and prints the cycles of every phase when it leaves.
-#ifdef JH_SELECT_TRACE
-#define JH_TRACE_START long long jh_t[24]; const char* jh_name[24]; int jh_n = 0; const long long jh_t0 = clock64()
-#define JH_TRACE(name) \
-  if (blockIdx.x == 0 && threadIdx.x == 0 && jh_n < 24) jh_t[jh_n] = clock64(), jh_name[jh_n++] = (name)
-#define JH_TRACE_END                                                                    \
-  if (blockIdx.x == 0 && threadIdx.x == 0) {                                            \
-    printf("select trace: grid %d, cluster %d, %d entries in block 0\n", gridDim.x, cs, len); \
-    for (int i = 0; i < jh_n; ++i)                                                      \
-      printf("  %-8s %8lld cycles\n", jh_name[i], jh_t[i] - (i ? jh_t[i - 1] : jh_t0));     \
-  }
-#else
-#define JH_TRACE_START
-#define JH_TRACE(name)
-#define JH_TRACE_END
-#endif
-
-
 // Programmatic dependent launch (sm_90): a candidate level is launched with programmatic stream
 // serialization, so the GPU may start it while the level before it finishes (every CTA of that
 // level calls allow_next_grid as it starts); it waits for that level's completion and memory
@@ -839,7 +820,7 @@ select_kernel(const Loader loader, const SelectParams p) {
       }
     }
     JH_TRACE("ordered");
-    JH_TRACE_END;
+    JH_TRACE_END("select trace: grid %d, cluster %d, %d entries in block 0\n", gridDim.x, cs, len);
     return;
   } else if (p.final_level) {
     cluster.sync();  // winners are in place; no CTA touches another's memory after this
@@ -856,7 +837,7 @@ select_kernel(const Loader loader, const SelectParams p) {
     write_final_order(sort_keys, sort_idx, int(selected), row, p, hist);
     JH_TRACE("ordered");
   }
-  JH_TRACE_END;
+  JH_TRACE_END("select trace: grid %d, cluster %d, %d entries in block 0\n", gridDim.x, cs, len);
 }
 
 // Stores a key and counts its first radix digit.

@@ -76,24 +76,6 @@ __device__ __forceinline__ uint32_t bits_of(float v) { return __float_as_uint(v)
 __device__ __forceinline__ uint32_t bits_of(bfloat16_bits v) { return v.bits; }
 __device__ __forceinline__ uint32_t bits_of(float16_bits v) { return v.bits; }
 
-// Development timing, as JH_SELECT_TRACE in select.cuh: thread 0 of block 0 prints the cycles
-// of each phase.
-#ifdef JH_SELECT_TRACE
-#define JH_SHORT_TRACE_START long long jh_t[16]; const char* jh_name[16]; int jh_n = 0; const long long jh_t0 = clock64()
-#define JH_SHORT_TRACE(name) \
-  if (blockIdx.x == 0 && threadIdx.x == 0 && jh_n < 16) jh_t[jh_n] = clock64(), jh_name[jh_n++] = (name)
-#define JH_SHORT_TRACE_END                                                              \
-  if (blockIdx.x == 0 && threadIdx.x == 0) {                                            \
-    printf("short select trace: %d passes, tie %u\n", passes, sh.tie_take);             \
-    for (int i = 0; i < jh_n; ++i)                                                      \
-      printf("  %-8s %8lld cycles\n", jh_name[i], jh_t[i] - (i ? jh_t[i - 1] : jh_t0)); \
-  }
-#else
-#define JH_SHORT_TRACE_START
-#define JH_SHORT_TRACE(name)
-#define JH_SHORT_TRACE_END
-#endif
-
 // One CTA per row of x [rows, n]; values/indices [rows, k], k <= min(n, kShortMaxK); neg_inf_bits:
 // -inf in T.  Keys of 16-bit types are held as their 16-bit key, so the range and the digits are
 // in their units.
@@ -106,7 +88,7 @@ __global__ void __launch_bounds__(kShortThreads, 1)
   constexpr int kKeys = kShortKeysPerThread;
   constexpr int kWarps = kShortThreads / 32;
   constexpr int kKeyShift = sizeof(T) == 2 ? 16 : 0;
-  JH_SHORT_TRACE_START;
+  JH_TRACE_START;
   const int t = threadIdx.x;
   const int64_t row = blockIdx.x;
   const T* src = x + row * n;
@@ -135,7 +117,7 @@ __global__ void __launch_bounds__(kShortThreads, 1)
     reinterpret_cast<uint4*>(sh.hist)[i] = make_uint4(0, 0, 0, 0);
   if (t == 0) sh.floor_key = ~0u, sh.max_key = 0, sh.tie_take = 0, sh.above[0] = 0;
   __syncthreads();
-  JH_SHORT_TRACE("load");
+  JH_TRACE("load");
 
   uint32_t key[kKeys];
   unsigned live = 0;  // bit s: column col0 + s is within the row's length
@@ -167,7 +149,7 @@ __global__ void __launch_bounds__(kShortThreads, 1)
     if ((t & 31) == 0) atomicMin(&sh.floor_key, warp_floor), atomicMax(&sh.max_key, warp_max);
   }
   __syncthreads();
-  JH_SHORT_TRACE("floor");
+  JH_TRACE("floor");
   // 2. The candidates (live keys at or above the floor) go to a dense list in column order, as
   //    (key << 32 | ~column): the passes and the scatter then sweep ~2.6 entries per thread
   //    (k = n / 32) with few shared-memory atomics, instead of every thread's sixteen slots.
@@ -188,7 +170,7 @@ __global__ void __launch_bounds__(kShortThreads, 1)
       if (cand >> s & 1) *out++ = (uint64_t(key[s]) << 32) | uint32_t(~(col0 + s));
   }
   __syncthreads();
-  JH_SHORT_TRACE("listed");
+  JH_TRACE("listed");
   // Whether a candidate's digits equal the crossing digits of passes [0, p).
   auto on_path = [&](uint32_t k32, int p) {
     for (int q = 0; q < p; ++q)
@@ -237,7 +219,7 @@ __global__ void __launch_bounds__(kShortThreads, 1)
       sh.base[p] = base, sh.shift[p] = shift;
     }
     __syncthreads();
-    JH_SHORT_TRACE("pass");
+    JH_TRACE("pass");
     if (sh.passes != 0) {
       passes = sh.passes;
       break;
@@ -256,7 +238,7 @@ __global__ void __launch_bounds__(kShortThreads, 1)
       if ((live >> s & 1) && key[s] == tie_key) tied |= 1u << s;
     tie_rank = short_exclusive_scan(__popc(tied), sh.totals[kShortMaxPasses]);
   }
-  JH_SHORT_TRACE("ties");
+  JH_TRACE("ties");
 
   // 4. Scatter the winners (and a ranked crossing digit) of each digit into its segment; tied
   //    winners are ranked already.
@@ -274,7 +256,7 @@ __global__ void __launch_bounds__(kShortThreads, 1)
     }
   }
   __syncthreads();
-  JH_SHORT_TRACE("scatter");
+  JH_TRACE("scatter");
 
   T* out_values = values + row * k;
   int32_t* out_indices = indices + row * k;
@@ -314,8 +296,8 @@ __global__ void __launch_bounds__(kShortThreads, 1)
     else reinterpret_cast<uint16_t*>(out_values)[j] = uint16_t(neg_inf_bits);
     out_indices[j] = -1;
   }
-  JH_SHORT_TRACE("order");
-  JH_SHORT_TRACE_END;
+  JH_TRACE("order");
+  JH_TRACE_END("short select trace: %d passes, tie %u\n", passes, sh.tie_take);
 }
 
 }  // namespace jax_hetero
