@@ -176,11 +176,9 @@ def bench_gather(opts):
     note = "exact" if bool(jnp.array_equal(got, jnp.take(table, idx[0], axis=0))) else "MISMATCH"
     name = f"{count:,} rows of 2 KB from {m:,}"
     for check in (False, True):  # the run-time index check costs a device-to-host sync
-        t = time_jax(lambda tb, i: jh.gather(tb, i, backend="cuda",
-                                                  check_indices=check), [(table, i) for i in idx])
+        t = time_jax(lambda tb, i: jh.gather(tb, i, backend="cuda", check_indices=check), [(table, i) for i in idx])
         record("gather", name, "jax_hetero cuda" + (", checked" if check else ""), t, nbytes, note)
-    t = time_jax(lambda tb, i: jnp.take(tb, i, axis=0),
-                 [(table, i) for i in idx])
+    t = time_jax(lambda tb, i: jnp.take(tb, i, axis=0), [(table, i) for i in idx])
     record("gather", name, "jnp.take", t, nbytes)
     if opts.torch:
         import torch
