@@ -109,6 +109,12 @@ inline ffi::Error device_info(const char* op, cudaStream_t stream, DeviceInfo* i
   return ffi::Error::Success();
 }
 
+// The context every CUDA handler that allocates scratch binds first: XLA's stream and the call
+// site's CallSiteScratch.
+inline auto bind_stream_and_scratch() {
+  return ffi::Ffi::Bind().Ctx<ffi::PlatformStream<cudaStream_t>>().Ctx<ffi::State<CallSiteScratch>>();
+}
+
 // Bump allocator over one scratch allocation, so a handler asks for memory once.
 class ScratchArena {
  public:

@@ -113,7 +113,7 @@ ffi::Error gather_cuda(cudaStream_t stream, CallSiteScratch* site, ffi::AnyBuffe
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(GatherCuda, gather_cuda,
-                              gather_signature(ffi::Ffi::Bind().Ctx<ffi::PlatformStream<cudaStream_t>>().Ctx<ffi::State<CallSiteScratch>>()));
+                              gather_signature(bind_stream_and_scratch()));
 JAX_HETERO_REGISTER("gather", GatherCuda);
 // Called with check_indices=false only: no host synchronisation, so XLA may trace it.
 JAX_HETERO_REGISTER_GRAPH_SAFE("gather_unchecked", GatherCuda);

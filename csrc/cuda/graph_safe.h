@@ -22,10 +22,11 @@ namespace jax_hetero {
 // GPU scratch memory of one custom call of one executable, kept from call to call: the FFI
 // state of every CUDA handler (module.cc registers them all with its instantiate handler).  A
 // handler that XLA may trace into a command buffer cannot take XLA's scratch allocator, whose
-// memory is freed when the handler returns while the graph keeps its address.  A call's n-th allocation gets the call site's n-th buffer on that device
-// (an executable's thunks run on every local device), allocated the first time; a call site's
-// plan, and so its allocations, are the same at every call.  Reusing them from call to call is
-// safe because the runs of one executable on one device follow one another on its stream.
+// memory is freed when the handler returns while the graph keeps its address.  A call's n-th
+// allocation gets the call site's n-th buffer on that device (an executable's thunks run on
+// every local device), allocated the first time; a call site's plan, and so its allocations,
+// are the same at every call.  Reusing them from call to call is safe because the runs of one
+// executable on one device follow one another on its stream.
 class CallSiteScratch {
  public:
   static ffi::TypeId id;
@@ -59,9 +60,8 @@ inline std::set<std::string>& graph_safe_ops() {
   return ops;
 }
 
-struct RegisterGraphSafe {
-  RegisterGraphSafe(const char* name, void* handler) {
-    handler_registry()[name] = handler;
+struct RegisterGraphSafe : RegisterHandler {
+  RegisterGraphSafe(const char* name, void* handler) : RegisterHandler(name, handler) {
     graph_safe_ops().insert(name);
   }
 };

@@ -277,7 +277,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(RelevancyDsaCuda, relevancy_dsa_cuda,
 JAX_HETERO_REGISTER_GRAPH_SAFE("relevancy_dsa", RelevancyDsaCuda);
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(IndexerDsaCuda, indexer_dsa_cuda,
-                              indexer_results(dsa_operands(ffi::Ffi::Bind().Ctx<ffi::PlatformStream<cudaStream_t>>().Ctx<ffi::State<CallSiteScratch>>())));
+                              indexer_results(dsa_operands(bind_stream_and_scratch())));
 JAX_HETERO_REGISTER_GRAPH_SAFE("indexer_dsa", IndexerDsaCuda);
 
 }  // namespace jax_hetero

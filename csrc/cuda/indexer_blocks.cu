@@ -292,11 +292,9 @@ JAX_HETERO_REGISTER_GRAPH_SAFE("relevancy_dot", RelevancyDotCuda);
 JAX_HETERO_REGISTER_GRAPH_SAFE("relevancy_quest", RelevancyQuestCuda);
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(IndexerDotCuda, indexer_dot_cuda,
-                              indexer_results(dot_operands(
-                                  ffi::Ffi::Bind().Ctx<ffi::PlatformStream<cudaStream_t>>().Ctx<ffi::State<CallSiteScratch>>())));
+                              indexer_results(dot_operands(bind_stream_and_scratch())));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(IndexerQuestCuda, indexer_quest_cuda,
-                              indexer_results(quest_operands(
-                                  ffi::Ffi::Bind().Ctx<ffi::PlatformStream<cudaStream_t>>().Ctx<ffi::State<CallSiteScratch>>())));
+                              indexer_results(quest_operands(bind_stream_and_scratch())));
 JAX_HETERO_REGISTER_GRAPH_SAFE("indexer_dot", IndexerDotCuda);
 JAX_HETERO_REGISTER_GRAPH_SAFE("indexer_quest", IndexerQuestCuda);
 

@@ -744,7 +744,7 @@ ffi::Error sparse_attention_cuda(cudaStream_t stream, CallSiteScratch* site, ffi
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(SparseAttentionCuda, sparse_attention_cuda,
-                              sparse_attention_signature(ffi::Ffi::Bind().Ctx<ffi::PlatformStream<cudaStream_t>>().Ctx<ffi::State<CallSiteScratch>>()));
+                              sparse_attention_signature(bind_stream_and_scratch()));
 JAX_HETERO_REGISTER("sparse_attention", SparseAttentionCuda);
 // Called with check_indices=false only: no host synchronisation, so XLA may trace it.
 JAX_HETERO_REGISTER_GRAPH_SAFE("sparse_attention_unchecked", SparseAttentionCuda);

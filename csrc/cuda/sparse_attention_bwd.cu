@@ -447,8 +447,7 @@ ffi::Error sparse_attention_bwd_cuda(cudaStream_t stream, CallSiteScratch* site,
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(SparseAttentionBwdCuda, sparse_attention_bwd_cuda,
-                              sparse_attention_bwd_signature(
-                                  ffi::Ffi::Bind().Ctx<ffi::PlatformStream<cudaStream_t>>().Ctx<ffi::State<CallSiteScratch>>()));
+                              sparse_attention_bwd_signature(bind_stream_and_scratch()));
 JAX_HETERO_REGISTER_GRAPH_SAFE("sparse_attention_bwd", SparseAttentionBwdCuda);
 
 }  // namespace jax_hetero

@@ -334,7 +334,7 @@ ffi::Error topk_cuda(cudaStream_t stream, CallSiteScratch* site, ffi::AnyBuffer 
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(TopkCuda, topk_cuda,
-                              topk_signature(ffi::Ffi::Bind().Ctx<ffi::PlatformStream<cudaStream_t>>().Ctx<ffi::State<CallSiteScratch>>()));
+                              topk_signature(bind_stream_and_scratch()));
 JAX_HETERO_REGISTER_GRAPH_SAFE("topk", TopkCuda);
 
 }  // namespace jax_hetero
