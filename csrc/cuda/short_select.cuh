@@ -20,8 +20,12 @@
 
 namespace jax_hetero {
 
-constexpr int kShortThreads = 512;
-constexpr int kShortKeysPerThread = 16;
+// JH_SHORT_THREADS (512 or 1024) is for A/B builds of the micro benchmark.
+#ifndef JH_SHORT_THREADS
+#define JH_SHORT_THREADS 512
+#endif
+constexpr int kShortThreads = JH_SHORT_THREADS;
+constexpr int kShortKeysPerThread = 8192 / kShortThreads;
 constexpr int kShortMaxN = kShortThreads * kShortKeysPerThread;
 constexpr int kShortBins = 2048;
 constexpr int kShortDigitBits = 11;
@@ -37,7 +41,7 @@ struct ShortSmem {
   uint32_t start[kShortMaxPasses][kShortBins];  // candidates in higher digits; the scatter's cursor
   unsigned long long seg[kShortMaxK + kShortRankedCross];  // (key << 32 | ~column), segment by segment
   unsigned long long list[kShortMaxN];                      // the candidates, the same way
-  alignas(16) uint32_t totals[kShortMaxPasses + 2][kShortThreads / 32];  // warp totals, one buffer per block scan
+  uint32_t totals[kShortMaxPasses + 2][kShortThreads / 32];  // warp totals, one buffer per block scan
   uint32_t floor_key, max_key;
   uint32_t base[kShortMaxPasses], shift[kShortMaxPasses], cross[kShortMaxPasses];
   uint32_t above[kShortMaxPasses];  // winners ranked ahead of pass p's range
@@ -46,9 +50,11 @@ struct ShortSmem {
   uint32_t cross_extra;             // losers in the last crossing digit when it is ranked
 };
 
-// Exclusive prefix sum of v over the CTA in thread order; one barrier.  `totals` must not be in
-// use by another scan that threads may still be reading.
-__device__ __forceinline__ uint32_t short_exclusive_scan(uint32_t v, uint32_t* totals) {
+// Exclusive prefix sum of v over the CTA in thread order; one barrier.  `total` (optional)
+// receives the sum over the CTA.  `totals` must not be in use by another scan that threads may
+// still be reading.
+__device__ __forceinline__ uint32_t short_exclusive_scan(uint32_t v, uint32_t* totals, uint32_t* total = nullptr) {
+  constexpr int kWarps = kShortThreads / 32;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   uint32_t incl = v;
 #pragma unroll
@@ -58,13 +64,16 @@ __device__ __forceinline__ uint32_t short_exclusive_scan(uint32_t v, uint32_t* t
   }
   if (lane == 31) totals[warp] = incl;
   __syncthreads();
-  uint32_t before = incl - v;
+  // Every warp scans the warp totals across its lanes.
+  const uint32_t mine = lane < kWarps ? totals[lane] : 0u;
+  uint32_t across = mine;
 #pragma unroll
-  for (int w = 0; w < kShortThreads / 32; w += 4) {
-    const uint4 q = *reinterpret_cast<const uint4*>(totals + w);
-    before += (w < warp ? q.x : 0u) + (w + 1 < warp ? q.y : 0u) + (w + 2 < warp ? q.z : 0u) + (w + 3 < warp ? q.w : 0u);
+  for (int o = 1; o < kWarps; o <<= 1) {
+    const uint32_t u = __shfl_up_sync(~0u, across, o);
+    if (lane >= o) across += u;
   }
-  return before;
+  if (total) *total = __shfl_sync(~0u, across, kWarps - 1);
+  return incl - v + __shfl_sync(~0u, across - mine, warp);
 }
 
 __device__ __forceinline__ uint32_t short_digit_shift(uint32_t span) {
@@ -119,22 +128,27 @@ __global__ void __launch_bounds__(kShortThreads, 1)
   __syncthreads();
   JH_TRACE("load");
 
+  // Columns [col0, col0 + live) are within the row's length; the others get key 0, the lowest,
+  // for the floor below, and are never candidates.
+  const int live = min(max(valid - col0, 0), kKeys);
   uint32_t key[kKeys];
-  unsigned live = 0;  // bit s: column col0 + s is within the row's length
 #pragma unroll
   for (int s = 0; s < kKeys; ++s) {
     if constexpr (sizeof(T) == 4) key[s] = key_of(__uint_as_float(word[s]));
     else key[s] = key_of_bits16(uint16_t(word[s / 2] >> (16 * (s % 2)))) >> kKeyShift;
-    if (col0 + s < valid) live |= 1u << s;
   }
+  if (live < kKeys)
+#pragma unroll
+    for (int s = 0; s < kKeys; ++s)
+      if (s >= live) key[s] = 0;
 
   // 1. The floor: the minimum of the groups' maxima over groups of 1-16 slots of a warp (32-512
-  //    keys), with the fewest slots per group that still leave `need` groups.  A column past the
-  //    length counts as key 0, the lowest: a group without a live key gives floor 0.
+  //    keys), with the fewest slots per group that still leave `need` groups (a group without a
+  //    live key gives floor 0).
   {
     uint32_t m[kKeys];
 #pragma unroll
-    for (int s = 0; s < kKeys; ++s) m[s] = __reduce_max_sync(~0u, (live >> s & 1) ? key[s] : 0u);
+    for (int s = 0; s < kKeys; ++s) m[s] = __reduce_max_sync(~0u, key[s]);
     uint32_t warp_floor = ~0u, warp_max = 0;
 #pragma unroll
     for (int s = 0; s < kKeys; ++s) warp_floor = min(warp_floor, m[s]), warp_max = max(warp_max, m[s]);
@@ -156,18 +170,15 @@ __global__ void __launch_bounds__(kShortThreads, 1)
   const uint32_t floor_key = sh.floor_key;
   uint32_t cands = 0;
   {
-    unsigned cand = 0;
+    unsigned cand = 0;  // bit s: slot s is a candidate
+#pragma unroll
+    for (int s = 0; s < kKeys; ++s) cand |= unsigned(key[s] >= floor_key) << s;
+    cand &= (1u << live) - 1u;
+    uint32_t at = short_exclusive_scan(__popc(cand), sh.totals[kShortMaxPasses + 1], &cands);
+    const uint32_t low0 = ~uint32_t(col0);  // ~(col0 + s) = low0 - s
 #pragma unroll
     for (int s = 0; s < kKeys; ++s)
-      if ((live >> s & 1) && key[s] >= floor_key) cand |= 1u << s;
-    const uint32_t mine = __popc(cand);
-    const uint32_t at = short_exclusive_scan(mine, sh.totals[kShortMaxPasses + 1]);
-#pragma unroll
-    for (int w = 0; w < kWarps; ++w) cands += sh.totals[kShortMaxPasses + 1][w];
-    unsigned long long* out = sh.list + at;
-#pragma unroll
-    for (int s = 0; s < kKeys; ++s)
-      if (cand >> s & 1) *out++ = (uint64_t(key[s]) << 32) | uint32_t(~(col0 + s));
+      if (cand >> s & 1) sh.list[at++] = (uint64_t(key[s]) << 32) | (low0 - s);
   }
   __syncthreads();
   JH_TRACE("listed");
@@ -189,18 +200,23 @@ __global__ void __launch_bounds__(kShortThreads, 1)
     __syncthreads();
     // Thread t holds the kPer digits from lo up, so thread order is descending digit order.
     constexpr int kPer = kShortBins / kShortThreads;
-    static_assert(kPer == 4, "the scan reads four digits per thread");
+    static_assert(kPer == 2 || kPer == 4, "the scan reads two or four digits per thread");
+    using Vec = std::conditional_t<kPer == 4, uint4, uint2>;
     const int lo = kShortBins - kPer * (t + 1);
-    const uint4 c = *reinterpret_cast<const uint4*>(&sh.hist[p][lo]);
-    const uint32_t before = short_exclusive_scan(c.x + c.y + c.z + c.w, sh.totals[p]);
-    const uint4 first = make_uint4(before + c.w + c.z + c.y, before + c.w + c.z, before + c.w, before);
-    *reinterpret_cast<uint4*>(&sh.start[p][lo]) = first;
+    uint32_t cnt[kPer], beg[kPer];
+    *reinterpret_cast<Vec*>(cnt) = *reinterpret_cast<const Vec*>(&sh.hist[p][lo]);
+    uint32_t sum = 0;
+#pragma unroll
+    for (int j = 0; j < kPer; ++j) sum += cnt[j];
+    uint32_t run = short_exclusive_scan(sum, sh.totals[p]);
+#pragma unroll
+    for (int j = kPer - 1; j >= 0; --j) beg[j] = run, run += cnt[j];
+    *reinterpret_cast<Vec*>(&sh.start[p][lo]) = *reinterpret_cast<const Vec*>(beg);
     const uint32_t above = sh.above[p], rest = uint32_t(need) - above;
     int cross = -1;
     uint32_t ahead = 0, count = 0;
-    const uint32_t cnt[4] = {c.x, c.y, c.z, c.w}, beg[4] = {first.x, first.y, first.z, first.w};
 #pragma unroll
-    for (int j = 0; j < 4; ++j)
+    for (int j = 0; j < kPer; ++j)
       if (beg[j] < rest && rest <= beg[j] + cnt[j]) cross = lo + j, ahead = beg[j], count = cnt[j];
     if (cross >= 0) {
       sh.cross[p] = uint32_t(cross);
@@ -235,7 +251,7 @@ __global__ void __launch_bounds__(kShortThreads, 1)
     const uint32_t tie_key = sh.tie_key;
 #pragma unroll
     for (int s = 0; s < kKeys; ++s)
-      if ((live >> s & 1) && key[s] == tie_key) tied |= 1u << s;
+      if (s < live && key[s] == tie_key) tied |= 1u << s;
     tie_rank = short_exclusive_scan(__popc(tied), sh.totals[kShortMaxPasses]);
   }
   JH_TRACE("ties");
