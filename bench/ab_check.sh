@@ -5,7 +5,8 @@
 # bench/ncu_cases.py once and prints the select kernel's cycles per phase; every other variant
 # times jax_hetero's kernels (bench/gpu_bench.py --no-baselines, sections BENCH_ONLY, default
 # topk,indexer).  The last timed variant also runs the top-k and indexer GPU tests (pytest -k
-# TESTS_K, default "topk or indexer"; the log keeps every failure's message).  Variants
+# TESTS_K, default "topk or indexer"; the log keeps every failure's message); BENCH_ARGS go to
+# gpu_bench.py (e.g. --topk-cases 256x8192:256).  Variants
 # run round-robin over the GPUs.  Logs go to $OUT (default ./out).
 #   bench/ab_check.sh A=.snap B=.new TB=.new=-DJH_SELECT_TRACE
 set -uo pipefail
@@ -40,7 +41,7 @@ run() {  # run NAME GPU
     timeout 120 python3 "$src/bench/ncu_cases.py" 2>&1 | grep -v "^case: sparse" >"$out/trace_$name.txt"
   else
     timeout ${BENCH_TIMEOUT:-240} python3 "$src/bench/gpu_bench.py" --no-baselines \
-      --only "${BENCH_ONLY:-topk,indexer}" >"$out/bench_$name.log" 2>&1
+      --only "${BENCH_ONLY:-topk,indexer}" ${BENCH_ARGS:-} >"$out/bench_$name.log" 2>&1
     if [ "$name" = "$tested" ]; then
       timeout ${TESTS_TIMEOUT:-240} python3 -m pytest "$src/tests/test_cuda_topk.py" "$src/tests/test_cuda.py" \
         -k "${TESTS_K:-topk or indexer}" -q -p no:cacheprovider -n 4 -rfE >"$out/tests_$name.log" 2>&1

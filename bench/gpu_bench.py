@@ -134,8 +134,18 @@ TOPK_CASES = [  # rows, n, k, dtype
 ]
 
 
+def parse_topk_cases(text):
+    """"ROWSxN:K[:DTYPE],..." (e.g. "256x8192:256,64x8192:256:bfloat16") as TOPK_CASES rows."""
+    cases = []
+    for item in text.split(","):
+        shape, k, *dtype = item.split(":")
+        rows, n = shape.split("x")
+        cases.append((int(rows), int(n), int(k), dtype[0] if dtype else "float32"))
+    return cases
+
+
 def bench_topk(opts):
-    cases = TOPK_CASES[:6] if opts.quick else TOPK_CASES
+    cases = opts.topk_cases or (TOPK_CASES[:6] if opts.quick else TOPK_CASES)
     for rows, n, k, dtype in cases:
         name = f"{rows}x{n:,} k={k} {dtype}"
         nbytes = rows * n * jnp.dtype(dtype).itemsize
@@ -273,8 +283,11 @@ def main():
     parser.add_argument("--json")
     parser.add_argument("--no-baselines", action="store_true",
                         help="time only jax_hetero's kernels (topk, indexer), to compare two builds")
+    parser.add_argument("--topk-cases", type=parse_topk_cases,
+                        help='top-k shapes instead of the standard ones: "ROWSxN:K[:DTYPE],..."')
     args = parser.parse_args()
-    opts = argparse.Namespace(quick=args.quick, torch=torch_available(), baselines=not args.no_baselines)
+    opts = argparse.Namespace(quick=args.quick, torch=torch_available(), baselines=not args.no_baselines,
+                              topk_cases=args.topk_cases)
     print(f"device {jax.devices()[0].device_kind}, torch {'yes' if opts.torch else 'no'}", flush=True)
     sections = {"topk": bench_topk, "gather": bench_gather, "indexer": bench_indexer, "attention": bench_attention}
     for name in args.only.split(","):
