@@ -197,13 +197,14 @@ def test_topk_patterns_streaming_one_chunk(pattern, dtype):
 @pytest.mark.parametrize("pattern", PATTERNS + ["one_outlier"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: jnp.dtype(d).name)
 def test_topk_short_rows(pattern, dtype):
-    # Up to one wave of rows of at most 8192 with k <= 256: short_select.cuh (a CTA per row,
-    # the keys in registers, a floor from group maxima, radix passes over [floor, max]).  One
-    # outlier per row makes the first pass's crossing digit hold nearly every key, so further
-    # passes run; few_values and all_equal end in the tie scan; odd n leaves rows unaligned.
-    # 200 rows (more than one wave) and k = 257 take the cluster select on the same rows.
+    # Rows of at most 8192 with k <= 256, up to one wave of them or more when n > 4096:
+    # short_select.cuh (a CTA per row, the keys in registers, a floor from group maxima, radix
+    # passes over [floor, max]).  One outlier per row makes the first pass's crossing digit hold
+    # nearly every key, so further passes run; few_values and all_equal end in the tie scan;
+    # odd n leaves rows unaligned.  200 rows of 3000 (more than one wave of short rows) and
+    # k = 257 take the cluster select.
     rng = np.random.default_rng(31)
-    for rows, n in ((64, 8192), (7, 8191), (16, 3000), (200, 8192), (5, 100)):
+    for rows, n in ((64, 8192), (7, 8191), (16, 3000), (200, 8192), (200, 3000), (5, 100)):
         if pattern == "one_outlier":
             x = rng.standard_normal((rows, n)).astype(np.float32)
             x[np.arange(rows), rng.integers(0, n, rows)] = 1e30

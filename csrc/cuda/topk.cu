@@ -1,5 +1,6 @@
-// CUDA handler for topk.  k <= kSortCap: up to one wave of short rows with small k take
-// short_select.cuh (a CTA per row, keys in registers); rows much longer than k start with the streaming
+// CUDA handler for topk.  k <= kSortCap: short rows with small k (up to one wave of them, or
+// any number when they fill most of its registers) take short_select.cuh (a CTA per row, keys
+// in registers); rows much longer than k start with the streaming
 // filter level (filter_select.cuh); other rows with a cluster radix select (select.cuh), one
 // level when a row fits the shared memory of one cluster or (float32) when one wave of
 // clusters holds the row and they merge their counts (row merge), otherwise a first level over
@@ -236,12 +237,14 @@ struct RawSelect {
   }
 };
 
-// Rows that one wave of short_select_kernel covers (a CTA per row and SM), short enough for
-// its registers, with k small enough for its floor (at least k groups of 32 keys): 64 x 8192
-// k=256 took 5.8 us there against ~11.5 us for the cluster select's kernel, 7.0 against 14.2 us
-// through jax (H200, 2026-11-28; bench/short_select_micro.cu, bench/gpu_bench.py).
+// Rows short enough for short_select_kernel's registers, with k small enough for its floor (at
+// least k groups of 32 keys): 64 x 8192 k=256 took 5.8 us there against ~11.5 us for the
+// cluster select's kernel, 7.0 against 14.2 us through jax.  Beyond one wave (a CTA per row and
+// SM) only rows that fill more than half its slots: 256 x 8192 k=256 11.7 against 19.5 us, but
+// 1024 x 2048 k=64 42.7 against 39.1 us (H200, 2026-11-28; bench/short_select_micro.cu,
+// bench/gpu_bench.py).
 inline bool short_select_fits(int64_t rows, int64_t n, int64_t k, const DeviceInfo& dev) {
-  return rows <= dev.sms && n <= kShortMaxN && k <= kShortMaxK;
+  return n <= kShortMaxN && k <= kShortMaxK && (rows <= dev.sms || n > kShortMaxN / 2);
 }
 
 template <class T>
