@@ -62,7 +62,7 @@ __global__ void read_floor_kernel(const T* x, int n, int k, T* values, int32_t* 
 template <class T>
 static void launch(const T* x, const int32_t* len, int rows, int n, int k, T* v, int32_t* i, cudaStream_t s) {
   const uint32_t neg_inf = sizeof(T) == 4 ? 0xff800000u : 0xff80u;  // float32 or bfloat16
-  short_select_kernel<T><<<rows, kShortThreads, sizeof(ShortSmem), s>>>(x, len, n, k, v, i, neg_inf);
+  CHECK(launch_short_select(s, short_select_threads(n, k), x, len, rows, n, k, v, i, neg_inf));
 }
 
 // Returns the number of mismatching rows.
@@ -141,7 +141,7 @@ static int checks(const char* tname) {
   run("normal", 64, 8192, 256, randn, full(8192));
   run("quantized", 32, 8192, 256, [&](int, int) { return to_bits<T>(std::round(normal(rng) * 4) / 4); }, full(8192));
   run("all equal", 4, 8192, 256, [&](int, int) { return to_bits<T>(1.5f); }, full(8192));
-  run("zeros and ones", 8, 8192, 300, [&](int, int c) { return to_bits<T>(c % 97 == 0 ? 1.f : 0.f); }, full(8192));
+  run("zeros and ones", 8, 8192, 256, [&](int, int c) { return to_bits<T>(c % 97 == 0 ? 1.f : 0.f); }, full(8192));
   run("one outlier", 8, 8192, 256, [&](int, int c) { return to_bits<T>(c == 5 ? 1e30f : normal(rng)); }, full(8192));
   const float special[] = {NAN, -NAN, INFINITY, -INFINITY, 0.f, -0.f};
   run("specials", 16, 8192, 256,
@@ -150,14 +150,24 @@ static int checks(const char* tname) {
   run("k = n", 8, 256, 256, randn, full(256));
   run("odd n", 8, 8191, 100, randn, [&](int r) { return 8191 - r; });
   run("short n", 64, 100, 7, randn, full(100));
+  // Smaller CTAs (short_select_threads): 64 threads up to 1024 keys and k = 32, 128 up to 2048
+  // and 64, 256 up to 4096 and 128.
+  for (int n : {1000, 1024, 2048, 3000, 4096})
+    for (int k : {1, 31, 32, 64, 128}) run("normal", 8, n, k, randn, full(n));
+  run("lengths", 64, 2048, 64, randn, [&](int r) { return r == 0 ? 0 : int(rng() % 2049); });
+  run("specials", 16, 1000, 32,
+      [&](int, int c) { return c % 5 == 0 ? to_bits<T>(special[(c / 5) % 6]) : to_bits<T>(normal(rng)); }, full(1000));
+  run("all equal", 4, 1024, 32, [&](int, int) { return to_bits<T>(-2.5f); }, full(1024));
+  run("one outlier", 8, 4096, 128, [&](int, int c) { return to_bits<T>(c == 77 ? 1e30f : normal(rng)); }, full(4096));
   run("ascending", 4, 8192, 256, [&](int, int c) { return to_bits<T>(float(c)); }, full(8192));
   run("descending", 4, 8192, 256, [&](int, int c) { return to_bits<T>(float(-c)); }, full(8192));
   return bad;
 }
 
 template <class T>
-static void timing(const char* tname, int rows, int n, int k, int kBufs = 64) {  // 64 x rows x n inputs rotate, so L2 (50-60 MB) does not hold them
+static void timing(const char* tname, int rows, int n, int k, int kBufs = 64) {  // kBufs x rows x n inputs rotate, so L2 (50-60 MB) does not hold them
   const size_t elems = size_t(rows) * n;
+  const int threads = short_select_threads(n, k);
   T* x;
   T* v;
   int32_t *idx, *len;
@@ -204,22 +214,20 @@ static void timing(const char* tname, int rows, int n, int k, int kBufs = 64) { 
   const float ours = time_graph([&](const T* xb) { launch<T>(xb, len, rows, n, k, v, idx, s); });
   if (kBufs == 1) return;
   const float floor_us = time_graph([&](const T* xb) {
-    read_floor_kernel<T><<<rows, kShortThreads, 0, s>>>(xb, n, k, v, idx);
+    read_floor_kernel<T><<<rows, threads, 0, s>>>(xb, n, k, v, idx);
   });
-  const float empty_us = time_graph([&](const T*) { read_floor_kernel<T><<<rows, kShortThreads, 0, s>>>(x, 0, 0, v, idx); });
-  printf("%-6s %dx%d k=%d: short_select %.2f us | read+write floor %.2f us | empty launch %.2f us (graph of %d, median of 30)\n",
-         tname, rows, n, k, ours, floor_us, empty_us, kBufs);
+  const float empty_us = time_graph([&](const T*) { read_floor_kernel<T><<<rows, threads, 0, s>>>(x, 0, 0, v, idx); });
+  printf("%-6s %dx%d k=%d (%d threads): short_select %.2f us | read+write floor %.2f us | empty launch %.2f us (graph of %d, median of 30)\n",
+         tname, rows, n, k, threads, ours, floor_us, empty_us, kBufs);
   cudaFree(x), cudaFree(v), cudaFree(idx), cudaFree(len);
 }
 
 int main(int argc, char** argv) {
   const bool time_only = argc > 1 && std::strcmp(argv[1], "--time-only") == 0;  // e.g. under ncu
-  CHECK(cudaFuncSetAttribute(short_select_kernel<float>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(sizeof(ShortSmem))));
-  CHECK(cudaFuncSetAttribute(short_select_kernel<bfloat16_bits>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                             int(sizeof(ShortSmem))));
   cudaDeviceProp prop;
   CHECK(cudaGetDeviceProperties(&prop, 0));
-  printf("device: %s, shared memory per CTA %zu bytes\n", prop.name, sizeof(ShortSmem));
+  printf("device: %s, shared memory per CTA of 64/128/256/512 threads: %zu/%zu/%zu/%zu bytes\n", prop.name,
+         sizeof(ShortSmem<64>), sizeof(ShortSmem<128>), sizeof(ShortSmem<256>), sizeof(ShortSmem<512>));
 #ifdef JH_SELECT_TRACE
   // Phase cycles of block 0, warm: the last of four launches over the same rows.
   for (int rep = 0; rep < 4; ++rep) timing<float>("f32", 64, 8192, 256, 1);
@@ -231,6 +239,9 @@ int main(int argc, char** argv) {
   timing<bfloat16_bits>("bf16", 64, 8192, 256);
   timing<float>("f32", 64, 8192, 64);
   timing<float>("f32", 256, 8192, 256);
+  timing<float>("f32", 512, 4096, 128, 16);
+  timing<float>("f32", 1024, 2048, 64, 16);
+  timing<float>("f32", 4096, 1024, 32, 16);
   printf("%s\n", bad ? "SOME CHECKS FAILED" : "all checks passed");
 #endif
   return bad != 0;

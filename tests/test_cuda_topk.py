@@ -197,21 +197,20 @@ def test_topk_patterns_streaming_one_chunk(pattern, dtype):
 @pytest.mark.parametrize("pattern", PATTERNS + ["one_outlier"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: jnp.dtype(d).name)
 def test_topk_short_rows(pattern, dtype):
-    # Rows of at most 8192 with k <= 256, up to one wave of them or more when n > 4096:
-    # short_select.cuh (a CTA per row, the keys in registers, a floor from group maxima, radix
-    # passes over [floor, max]).  One outlier per row makes the first pass's crossing digit hold
-    # nearly every key, so further passes run; few_values and all_equal end in the tie scan;
-    # odd n leaves rows unaligned.  200 rows of 3000 (more than one wave of short rows) and
-    # k = 257 take the cluster select.
+    # Rows of at most 8192 with k <= 256: short_select.cuh (a CTA of 64-512 threads per row,
+    # sized to n and k, the keys in registers, a floor from group maxima, radix passes over
+    # [floor, max]).  One outlier per row makes the first pass's crossing digit hold nearly
+    # every key, so further passes run; few_values and all_equal end in the tie scan; odd n
+    # leaves rows unaligned.  k = 257 takes the cluster select on the same rows.
     rng = np.random.default_rng(31)
-    for rows, n in ((64, 8192), (7, 8191), (16, 3000), (200, 8192), (200, 3000), (5, 100)):
+    for rows, n in ((64, 8192), (7, 8191), (16, 3000), (200, 8192), (300, 1024), (40, 2048), (5, 100)):
         if pattern == "one_outlier":
             x = rng.standard_normal((rows, n)).astype(np.float32)
             x[np.arange(rows), rng.integers(0, n, rows)] = 1e30
         else:
             x = pattern_rows(pattern, rows, n, rng)
         scores = jnp.asarray(x).astype(dtype)
-        ks = tuple(sorted({min(k, n) for k in (1, 7, 64, 255, 256, 257)}))
+        ks = tuple(sorted({min(k, n) for k in (1, 7, 32, 64, 128, 255, 256, 257)}))
         check_many(scores, ks)
         lengths = rng.integers(0, n + 1, rows).astype(np.int32)
         lengths[:3] = [0, min(n, 100), n]

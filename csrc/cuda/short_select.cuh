@@ -1,13 +1,13 @@
-// Exact top-k of short rows (n <= kShortMaxN, k <= kShortMaxK): one CTA of 512 threads per
-// row keeps the row in registers, sixteen consecutive columns per thread, so nothing is staged
-// in shared memory and no cluster is needed.  The cluster select (select.cuh) spends most of
+// Exact top-k of short rows (n <= 8192, k <= n_max / 32): one CTA of 64-512 threads per row
+// keeps the row in registers, sixteen consecutive columns per thread, so nothing is staged in
+// shared memory and no cluster is needed; the CTA is the smallest whose slots hold the row.  The cluster select (select.cuh) spends most of
 // such a row's time on phases whose cost is latency, not work; here each phase is a barrier or
 // two:
 //   1. floor: the minimum over groups of 32-512 keys of each group's maximum, with at least
 //      `need` groups: at least `need` keys lie at or above it, so only those (~16 % of a random
 //      row for k = n / 32) can win.  They go to a dense list in column order.
-//   2. radix passes over the key range [floor, max] (not over fixed bit fields, so 2048 digits
-//      spread even clustered float keys): each pass counts the listed candidates per digit, a
+//   2. radix passes over the key range [floor, max] (not over fixed bit fields, so the 4 digits
+//      per thread (2048 for 512 threads) spread even clustered float keys): each pass counts the listed candidates per digit, a
 //      suffix scan finds the digit of the need-th largest, and the next pass refines that digit
 //      alone.  The search ends when that digit is taken whole, holds at most kShortRankedCross
 //      keys (they are ranked with the winners and the best of them win), or is a single key
@@ -20,41 +20,47 @@
 
 namespace jax_hetero {
 
-// JH_SHORT_THREADS (512 or 1024) is for A/B builds of the micro benchmark.
-#ifndef JH_SHORT_THREADS
-#define JH_SHORT_THREADS 512
-#endif
-constexpr int kShortThreads = JH_SHORT_THREADS;
-constexpr int kShortKeysPerThread = 8192 / kShortThreads;
-constexpr int kShortMaxN = kShortThreads * kShortKeysPerThread;
-constexpr int kShortBins = 2048;
-constexpr int kShortDigitBits = 11;
-constexpr int kShortMaxPasses = 3;  // 11 + 11 + 10 bits cover any 32-bit key range
-// Groups of 32 keys per CTA: the largest k, so that the floor always prunes.
-constexpr int kShortMaxK = kShortMaxN / 32;
+// Keys per thread, in registers; the CTA size follows the row (short_select_threads).
+constexpr int kShortKeysPerThread = 16;
+constexpr int kShortMaxThreads = 512;
+constexpr int kShortMaxN = kShortMaxThreads * kShortKeysPerThread;
 // A last crossing digit of at most this many keys is placed like the digits above it and its
 // members ranked; the better `need - above` of them win (no further pass, no tie scan).
 constexpr int kShortRankedCross = 64;
 
+// The sizes of the kernel with Threads threads per CTA.
+template <int Threads>
+struct ShortShape {
+  static constexpr int kWarps = Threads / 32;
+  static constexpr int kMaxN = Threads * kShortKeysPerThread;
+  static constexpr int kMaxK = kMaxN / 32;  // groups of 32 keys per CTA: the floor always prunes
+  static constexpr int kBins = 4 * Threads;  // the digit scan reads four digits per thread
+  static constexpr int kDigitBits = 31 - __builtin_clz(kBins);
+  static constexpr int kMaxPasses = (32 + kDigitBits - 1) / kDigitBits;  // digits cover 32-bit keys
+};
+
+template <int Threads>
 struct ShortSmem {
-  uint32_t hist[kShortMaxPasses][kShortBins];   // candidates per digit of each pass
-  uint32_t start[kShortMaxPasses][kShortBins];  // candidates in higher digits; the scatter's cursor
-  unsigned long long seg[kShortMaxK + kShortRankedCross];  // (key << 32 | ~column), segment by segment
-  unsigned long long list[kShortMaxN];                      // the candidates, the same way
-  uint32_t totals[kShortMaxPasses + 2][kShortThreads / 32];  // warp totals, one buffer per block scan
+  using S = ShortShape<Threads>;
+  uint32_t hist[S::kMaxPasses][S::kBins];   // candidates per digit of each pass
+  uint32_t start[S::kMaxPasses][S::kBins];  // candidates in higher digits; the scatter's cursor
+  unsigned long long seg[S::kMaxK + kShortRankedCross];  // (key << 32 | ~column), segment by segment
+  unsigned long long list[S::kMaxN];                      // the candidates, the same way
+  uint32_t totals[S::kMaxPasses + 2][S::kWarps];           // warp totals, one buffer per block scan
   uint32_t floor_key, max_key;
-  uint32_t base[kShortMaxPasses], shift[kShortMaxPasses], cross[kShortMaxPasses];
-  uint32_t above[kShortMaxPasses];  // winners ranked ahead of pass p's range
-  uint32_t passes;                  // passes run, set by the last one
-  uint32_t tie_key, tie_take;       // the last pass's single key value and how many of it win
-  uint32_t cross_extra;             // losers in the last crossing digit when it is ranked
+  uint32_t base[S::kMaxPasses], shift[S::kMaxPasses], cross[S::kMaxPasses];
+  uint32_t above[S::kMaxPasses];  // winners ranked ahead of pass p's range
+  uint32_t passes;                // passes run, set by the last one
+  uint32_t tie_key, tie_take;     // the last pass's single key value and how many of it win
+  uint32_t cross_extra;           // losers in the last crossing digit when it is ranked
 };
 
 // Exclusive prefix sum of v over the CTA in thread order; one barrier.  `total` (optional)
 // receives the sum over the CTA.  `totals` must not be in use by another scan that threads may
 // still be reading.
+template <int Threads>
 __device__ __forceinline__ uint32_t short_exclusive_scan(uint32_t v, uint32_t* totals, uint32_t* total = nullptr) {
-  constexpr int kWarps = kShortThreads / 32;
+  constexpr int kWarps = Threads / 32;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   uint32_t incl = v;
 #pragma unroll
@@ -76,26 +82,29 @@ __device__ __forceinline__ uint32_t short_exclusive_scan(uint32_t v, uint32_t* t
   return incl - v + __shfl_sync(~0u, across - mine, warp);
 }
 
+template <int DigitBits>
 __device__ __forceinline__ uint32_t short_digit_shift(uint32_t span) {
   const int bits = 32 - __clz(span);
-  return bits > kShortDigitBits ? uint32_t(bits - kShortDigitBits) : 0u;
+  return bits > DigitBits ? uint32_t(bits - DigitBits) : 0u;
 }
 
 __device__ __forceinline__ uint32_t bits_of(float v) { return __float_as_uint(v); }
 __device__ __forceinline__ uint32_t bits_of(bfloat16_bits v) { return v.bits; }
 __device__ __forceinline__ uint32_t bits_of(float16_bits v) { return v.bits; }
 
-// One CTA per row of x [rows, n]; values/indices [rows, k], k <= min(n, kShortMaxK); neg_inf_bits:
+// One CTA per row of x [rows, n]; values/indices [rows, k], k <= min(n, ShortShape::kMaxK); neg_inf_bits:
 // -inf in T.  Keys of 16-bit types are held as their 16-bit key, so the range and the digits are
 // in their units.
-template <class T>
-__global__ void __launch_bounds__(kShortThreads, 1)
+// Threads: 64-512 (short_select_threads); the bound keeps 128 registers per thread, as for 512.
+template <class T, int Threads>
+__global__ void __launch_bounds__(Threads, kShortMaxThreads / Threads)
     short_select_kernel(const T* x, const int32_t* lengths, int n, int k, T* values, int32_t* indices,
                         uint32_t neg_inf_bits) {
   extern __shared__ __align__(16) unsigned char short_smem_raw[];
-  ShortSmem& sh = *reinterpret_cast<ShortSmem*>(short_smem_raw);
+  using S = ShortShape<Threads>;
+  ShortSmem<Threads>& sh = *reinterpret_cast<ShortSmem<Threads>*>(short_smem_raw);
   constexpr int kKeys = kShortKeysPerThread;
-  constexpr int kWarps = kShortThreads / 32;
+  constexpr int kWarps = S::kWarps;
   constexpr int kKeyShift = sizeof(T) == 2 ? 16 : 0;
   JH_TRACE_START;
   const int t = threadIdx.x;
@@ -122,7 +131,7 @@ __global__ void __launch_bounds__(kShortThreads, 1)
       else word[s / 2] = s % 2 ? word[s / 2] | bits << 16 : bits;
     }
   }
-  for (int i = t; i < kShortMaxPasses * kShortBins / 4; i += kShortThreads)
+  for (int i = t; i < S::kMaxPasses * S::kBins / 4; i += Threads)
     reinterpret_cast<uint4*>(sh.hist)[i] = make_uint4(0, 0, 0, 0);
   if (t == 0) sh.floor_key = ~0u, sh.max_key = 0, sh.tie_take = 0, sh.above[0] = 0;
   __syncthreads();
@@ -174,7 +183,7 @@ __global__ void __launch_bounds__(kShortThreads, 1)
 #pragma unroll
     for (int s = 0; s < kKeys; ++s) cand |= unsigned(key[s] >= floor_key) << s;
     cand &= (1u << live) - 1u;
-    uint32_t at = short_exclusive_scan(__popc(cand), sh.totals[kShortMaxPasses + 1], &cands);
+    uint32_t at = short_exclusive_scan<Threads>(__popc(cand), sh.totals[S::kMaxPasses + 1], &cands);
     const uint32_t low0 = ~uint32_t(col0);  // ~(col0 + s) = low0 - s
 #pragma unroll
     for (int s = 0; s < kKeys; ++s)
@@ -191,27 +200,25 @@ __global__ void __launch_bounds__(kShortThreads, 1)
 
   // 3. Radix passes over [floor, max]: pass p counts the candidates still on the crossing path.
   int passes = 0;
-  uint32_t base = floor_key, shift = short_digit_shift(sh.max_key - floor_key);
+  uint32_t base = floor_key, shift = short_digit_shift<S::kDigitBits>(sh.max_key - floor_key);
   for (int p = 0; need > 0; ++p) {
-    for (uint32_t i = t; i < cands; i += kShortThreads) {
+    for (uint32_t i = t; i < cands; i += Threads) {
       const uint32_t k32 = uint32_t(sh.list[i] >> 32);
       if (p == 0 || on_path(k32, p)) atomicAdd(&sh.hist[p][(k32 - base) >> shift], 1u);
     }
     __syncthreads();
     // Thread t holds the kPer digits from lo up, so thread order is descending digit order.
-    constexpr int kPer = kShortBins / kShortThreads;
-    static_assert(kPer == 2 || kPer == 4, "the scan reads two or four digits per thread");
-    using Vec = std::conditional_t<kPer == 4, uint4, uint2>;
-    const int lo = kShortBins - kPer * (t + 1);
+    constexpr int kPer = S::kBins / Threads;
+    const int lo = S::kBins - kPer * (t + 1);
     uint32_t cnt[kPer], beg[kPer];
-    *reinterpret_cast<Vec*>(cnt) = *reinterpret_cast<const Vec*>(&sh.hist[p][lo]);
+    *reinterpret_cast<uint4*>(cnt) = *reinterpret_cast<const uint4*>(&sh.hist[p][lo]);
     uint32_t sum = 0;
 #pragma unroll
     for (int j = 0; j < kPer; ++j) sum += cnt[j];
-    uint32_t run = short_exclusive_scan(sum, sh.totals[p]);
+    uint32_t run = short_exclusive_scan<Threads>(sum, sh.totals[p]);
 #pragma unroll
     for (int j = kPer - 1; j >= 0; --j) beg[j] = run, run += cnt[j];
-    *reinterpret_cast<Vec*>(&sh.start[p][lo]) = *reinterpret_cast<const Vec*>(beg);
+    *reinterpret_cast<uint4*>(&sh.start[p][lo]) = *reinterpret_cast<const uint4*>(beg);
     const uint32_t above = sh.above[p], rest = uint32_t(need) - above;
     int cross = -1;
     uint32_t ahead = 0, count = 0;
@@ -229,7 +236,7 @@ __global__ void __launch_bounds__(kShortThreads, 1)
         sh.passes = 0;
         const uint32_t next_base = base + (uint32_t(cross) << shift);
         sh.base[p + 1] = next_base;
-        sh.shift[p + 1] = short_digit_shift(min((1u << shift) - 1u, sh.max_key - next_base));
+        sh.shift[p + 1] = short_digit_shift<S::kDigitBits>(min((1u << shift) - 1u, sh.max_key - next_base));
         sh.above[p + 1] = above + ahead;
       }
       sh.base[p] = base, sh.shift[p] = shift;
@@ -252,13 +259,13 @@ __global__ void __launch_bounds__(kShortThreads, 1)
 #pragma unroll
     for (int s = 0; s < kKeys; ++s)
       if (s < live && key[s] == tie_key) tied |= 1u << s;
-    tie_rank = short_exclusive_scan(__popc(tied), sh.totals[kShortMaxPasses]);
+    tie_rank = short_exclusive_scan<Threads>(__popc(tied), sh.totals[S::kMaxPasses]);
   }
   JH_TRACE("ties");
 
   // 4. Scatter the winners (and a ranked crossing digit) of each digit into its segment; tied
   //    winners are ranked already.
-  for (uint32_t i = t; i < cands && passes > 0; i += kShortThreads) {
+  for (uint32_t i = t; i < cands && passes > 0; i += Threads) {
     const unsigned long long comp = sh.list[i];
     const uint32_t k32 = uint32_t(comp >> 32);
     for (int p = 0; p < passes; ++p) {
@@ -281,10 +288,10 @@ __global__ void __launch_bounds__(kShortThreads, 1)
     else reinterpret_cast<uint16_t*>(out_values)[rank] = bits16_of_key(k32 << 16);
     out_indices[rank] = column;
   };
-  // Thread j ranks the winners at slots j, j + kShortThreads, ... inside the segment of the pass and
+  // Thread j ranks the winners at slots j, j + Threads, ... inside the segment of the pass and
   // digit where they left the crossing path (the scatter's cursor ends past the segment).
   const uint32_t placed = passes > 0 ? uint32_t(need) - tie_take + (tie_take ? 0u : sh.cross_extra) : 0u;
-  for (uint32_t j = t; j < placed; j += kShortThreads) {
+  for (uint32_t j = t; j < placed; j += Threads) {
     const unsigned long long mine = sh.seg[j];
     const uint32_t k32 = uint32_t(mine >> 32);
     uint32_t begin = 0, len = 0;
@@ -307,13 +314,42 @@ __global__ void __launch_bounds__(kShortThreads, 1)
       ++tie_rank;
     }
   }
-  for (int j = need + t; j < k; j += kShortThreads) {  // past the length: (-inf, -1)
+  for (int j = need + t; j < k; j += Threads) {  // past the length: (-inf, -1)
     if constexpr (sizeof(T) == 4) reinterpret_cast<uint32_t*>(out_values)[j] = neg_inf_bits;
     else reinterpret_cast<uint16_t*>(out_values)[j] = uint16_t(neg_inf_bits);
     out_indices[j] = -1;
   }
   JH_TRACE("order");
   JH_TRACE_END("short select trace: %d passes, tie %u\n", passes, sh.tie_take);
+}
+
+// The CTA size for rows of n with top-k: the smallest whose slots hold the row and whose floor
+// has k groups of 32 keys; 0 when none does (n > 8192 or k > 256).
+inline int short_select_threads(int64_t n, int64_t k) {
+  for (int threads = 64; threads <= kShortMaxThreads; threads *= 2)
+    if (n <= threads * kShortKeysPerThread && k <= threads * kShortKeysPerThread / 32) return threads;
+  return 0;
+}
+
+// Launches short_select_kernel over `rows` rows with `threads` from short_select_threads.
+template <class T>
+cudaError_t launch_short_select(cudaStream_t stream, int threads, const T* x, const int32_t* lengths, int64_t rows,
+                                int n, int k, T* values, int32_t* indices, uint32_t neg_inf_bits) {
+  auto launch = [&](auto threads_tag) {
+    constexpr int kThreads = decltype(threads_tag)::value;
+    auto* kernel = short_select_kernel<T, kThreads>;
+    if (const cudaError_t err = allow_smem(kernel, sizeof(ShortSmem<kThreads>)); err != cudaSuccess) return err;
+    kernel<<<unsigned(rows), kThreads, sizeof(ShortSmem<kThreads>), stream>>>(x, lengths, n, k, values, indices,
+                                                                              neg_inf_bits);
+    return cudaGetLastError();
+  };
+  switch (threads) {
+    case 64: return launch(std::integral_constant<int, 64>{});
+    case 128: return launch(std::integral_constant<int, 128>{});
+    case 256: return launch(std::integral_constant<int, 256>{});
+    case 512: return launch(std::integral_constant<int, 512>{});
+  }
+  return cudaErrorInvalidValue;
 }
 
 }  // namespace jax_hetero

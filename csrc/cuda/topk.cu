@@ -1,6 +1,5 @@
-// CUDA handler for topk.  k <= kSortCap: short rows with small k (up to one wave of them, or
-// any number when they fill most of its registers) take short_select.cuh (a CTA per row, keys
-// in registers); rows much longer than k start with the streaming
+// CUDA handler for topk.  k <= kSortCap: short rows with small k take short_select.cuh (a CTA
+// per row, keys in registers); rows much longer than k start with the streaming
 // filter level (filter_select.cuh); other rows with a cluster radix select (select.cuh), one
 // level when a row fits the shared memory of one cluster or (float32) when one wave of
 // clusters holds the row and they merge their counts (row merge), otherwise a first level over
@@ -237,32 +236,18 @@ struct RawSelect {
   }
 };
 
-// Rows short enough for short_select_kernel's registers, with k small enough for its floor (at
-// least k groups of 32 keys): 64 x 8192 k=256 took 5.8 us there against ~11.5 us for the
-// cluster select's kernel, 7.0 against 14.2 us through jax.  Beyond one wave (a CTA per row and
-// SM) only rows that fill more than half its slots: 256 x 8192 k=256 11.7 against 19.5 us, but
-// 1024 x 2048 k=64 42.7 against 39.1 us (H200, 2026-11-28; bench/short_select_micro.cu,
-// bench/gpu_bench.py).
-inline bool short_select_fits(int64_t rows, int64_t n, int64_t k, const DeviceInfo& dev) {
-  return n <= kShortMaxN && k <= kShortMaxK && (rows <= dev.sms || n > kShortMaxN / 2);
-}
-
-template <class T>
-ffi::Error topk_short(cudaStream_t stream, const T* x, const int32_t* lengths, int64_t rows, int64_t n, int64_t k,
-                      T* values, int32_t* indices) {
-  const char* op = "topk";
-  JH_CUDA_CHECK(op, allow_smem(short_select_kernel<T>, sizeof(ShortSmem)));
-  short_select_kernel<T><<<unsigned(rows), kShortThreads, sizeof(ShortSmem), stream>>>(
-      x, lengths, int(n), int(k), values, indices, neg_inf_bits<T>());
-  JH_CUDA_CHECK(op, cudaGetLastError());
-  return ffi::Error::Success();
-}
-
 template <class T>
 ffi::Error topk_select(cudaStream_t stream, DeviceScratch& scratch, const T* x,
                        const int32_t* lengths, int64_t rows, int64_t n, int64_t k, T* values,
                        int32_t* indices, const DeviceInfo& dev) {
-  if (short_select_fits(rows, n, k, dev)) return topk_short(stream, x, lengths, rows, n, k, values, indices);
+  // Rows of at most 8192 with k <= n / 32 (rounded up to a CTA size): a CTA per row sized to
+  // it.  64 x 8192 k=256 took 5.8 us there against ~11.5 us for the cluster select's kernel, 7.0
+  // against 14.2 us through jax (H200, 2026-11-28; bench/short_select_micro.cu, bench/gpu_bench.py).
+  if (const int threads = short_select_threads(n, k)) {
+    JH_CUDA_CHECK("topk", launch_short_select(stream, threads, x, lengths, rows, int(n), int(k), values, indices,
+                                              neg_inf_bits<T>()));
+    return ffi::Error::Success();
+  }
   SelectParams p{};
   p.k = k;
   p.key_low_bit = sizeof(T) == 2 ? 16 : 0;
