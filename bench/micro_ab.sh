@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Builds bench/short_select_micro.cu from several source trees (NAME=DIR[=NVCCFLAGS]) in
 # parallel and runs them one after another, twice in alternating order, so that variants of
-# short_select_kernel are compared in one device call:
-#   bench/micro_ab.sh A=.ab/main L=.ab/short-lean L1024=.ab/short-lean=-DJH_SHORT_THREADS=1024
+# short_select_kernel are compared in one device call (the first run of each build checks it
+# against the host reference; builds with -DJH_SELECT_TRACE print block 0's phase cycles):
+#   bench/micro_ab.sh A=.ab/main C=.ab/<candidate> TC=.ab/<candidate>=-DJH_SELECT_TRACE
 set -uo pipefail
 inc=$(python3 -c "import jax; print(jax.ffi.include_dir())")
 nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm --format=csv,noheader
