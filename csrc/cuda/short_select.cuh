@@ -1,17 +1,19 @@
-// Exact top-k of short rows (n <= 8192, k <= n_max / 32): one CTA of 64-512 threads per row
-// keeps the row in registers, sixteen consecutive columns per thread, so nothing is staged in
-// shared memory and no cluster is needed; the CTA is the smallest whose slots hold the row.  The cluster select (select.cuh) spends most of
+// Exact top-k of short rows (n <= 8192, k <= 256): one CTA per row keeps the row in registers,
+// sixteen consecutive columns per thread, so nothing is staged in shared memory and no cluster
+// is needed.  The CTA has 64-512 threads, the fewest that hold the row and give the floor k
+// groups of 32 keys (short_select_threads).  The cluster select (select.cuh) spends most of
 // such a row's time on phases whose cost is latency, not work; here each phase is a barrier or
 // two:
 //   1. floor: the minimum over groups of 32-512 keys of each group's maximum, with at least
 //      `need` groups: at least `need` keys lie at or above it, so only those (~16 % of a random
 //      row for k = n / 32) can win.  They go to a dense list in column order.
-//   2. radix passes over the key range [floor, max] (not over fixed bit fields, so the 4 digits
-//      per thread (2048 for 512 threads) spread even clustered float keys): each pass counts the listed candidates per digit, a
-//      suffix scan finds the digit of the need-th largest, and the next pass refines that digit
-//      alone.  The search ends when that digit is taken whole, holds at most kShortRankedCross
-//      keys (they are ranked with the winners and the best of them win), or is a single key
-//      value (ties: the lowest columns win, by a scan over the CTA).
+//   2. radix passes over the key range [floor, max] (not over fixed bit fields, so the four
+//      digits per thread, 2048 for 512 threads, spread even clustered float keys): each pass
+//      counts the listed candidates per digit, a suffix scan finds the digit of the need-th
+//      largest, and the next pass refines that digit alone.  The search ends when that digit
+//      is taken whole, holds at most kShortRankedCross keys (they are ranked with the winners
+//      and the best of them win), or is a single key value (ties: the lowest columns win, by a
+//      scan over the CTA).
 //   3. order: the suffix scans give each digit's winners one segment of the output, so a
 //      winner's rank is its segment's start plus the entries of its segment ahead of it (larger
 //      key, or equal key and lower column), counted over that short segment.
@@ -92,10 +94,10 @@ __device__ __forceinline__ uint32_t bits_of(float v) { return __float_as_uint(v)
 __device__ __forceinline__ uint32_t bits_of(bfloat16_bits v) { return v.bits; }
 __device__ __forceinline__ uint32_t bits_of(float16_bits v) { return v.bits; }
 
-// One CTA per row of x [rows, n]; values/indices [rows, k], k <= min(n, ShortShape::kMaxK); neg_inf_bits:
-// -inf in T.  Keys of 16-bit types are held as their 16-bit key, so the range and the digits are
-// in their units.
-// Threads: 64-512 (short_select_threads); the bound keeps 128 registers per thread, as for 512.
+// One CTA of Threads (64-512, short_select_threads) per row of x [rows, n]; values/indices
+// [rows, k], k <= min(n, ShortShape::kMaxK); neg_inf_bits: -inf in T.  Keys of 16-bit types are
+// held as their 16-bit key, so the range and the digits are in their units.  The launch bound
+// keeps 128 registers per thread for every CTA size.
 template <class T, int Threads>
 __global__ void __launch_bounds__(Threads, kShortMaxThreads / Threads)
     short_select_kernel(const T* x, const int32_t* lengths, int n, int k, T* values, int32_t* indices,

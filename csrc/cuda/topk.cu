@@ -240,9 +240,9 @@ template <class T>
 ffi::Error topk_select(cudaStream_t stream, DeviceScratch& scratch, const T* x,
                        const int32_t* lengths, int64_t rows, int64_t n, int64_t k, T* values,
                        int32_t* indices, const DeviceInfo& dev) {
-  // Rows of at most 8192 with k <= n / 32 (rounded up to a CTA size): a CTA per row sized to
-  // it.  64 x 8192 k=256 took 5.8 us there against ~11.5 us for the cluster select's kernel, 7.0
-  // against 14.2 us through jax (H200, 2026-11-28; bench/short_select_micro.cu, bench/gpu_bench.py).
+  // Rows of at most 8192 with k <= 256: a CTA per row, sized to n and k.  Through jax (H200,
+  // 2026-11-28; docs/benchmarks.md): 64 x 8192 k=256 7.0 against 14.2 us for the cluster select,
+  // 4096 x 1024 k=32 13.6 against 134.0 us.
   if (const int threads = short_select_threads(n, k)) {
     JH_CUDA_CHECK("topk", launch_short_select(stream, threads, x, lengths, rows, int(n), int(k), values, indices,
                                               neg_inf_bits<T>()));
