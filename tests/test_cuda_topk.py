@@ -79,7 +79,8 @@ PATTERNS = ["ascending", "descending", "all_equal", "few_values", "specials", "s
 @pytest.mark.parametrize("pattern", PATTERNS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: jnp.dtype(d).name)
 def test_topk_patterns_one_cluster(pattern, dtype):
-    # One row in one cluster (final level only) and several short rows (clusters of one CTA).
+    # One row in one cluster (final level only) and several shorter rows (clusters of one CTA;
+    # rows of 3000 with k <= 256 take short_select.cuh).
     rng = np.random.default_rng(20)
     for rows, n in ((1, 131_072), (6, 20_000), (3, 3000)):
         scores = jnp.asarray(pattern_rows(pattern, rows, n, rng)).astype(dtype)
