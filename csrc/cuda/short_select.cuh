@@ -25,7 +25,6 @@ namespace jax_hetero {
 // Keys per thread, in registers; the CTA size follows the row (short_select_threads).
 constexpr int kShortKeysPerThread = 16;
 constexpr int kShortMaxThreads = 512;
-constexpr int kShortMaxN = kShortMaxThreads * kShortKeysPerThread;
 // A last crossing digit of at most this many keys is placed like the digits above it and its
 // members ranked; the better `need - above` of them win (no further pass, no tie scan).
 constexpr int kShortRankedCross = 64;
